@@ -1,0 +1,1 @@
+//! Custodian ceremony tooling (issue 5 builds the scripted ceremonies here).

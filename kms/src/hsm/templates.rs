@@ -1,0 +1,207 @@
+//! The one place that decides the attributes of every key object we create.
+//!
+//! Invariant 2 of DEVELOPERS.md is enforced here and nowhere else:
+//! - every secret or private key is CKA_SENSITIVE;
+//! - CKA_EXTRACTABLE only when the key is exportable, and then always
+//!   CKA_WRAP_WITH_TRUSTED, so only a KEK the security officer marked trusted
+//!   can ever wrap it;
+//! - the capability flags come from `KeyUsage::capabilities`, which never
+//!   grants wrap/unwrap together with encrypt/decrypt (SoftHSM would allow
+//!   both, and then "wrap, then decrypt the blob" reveals any key);
+//! - derived keys are sensitive too (SoftHSM would otherwise let a derive
+//!   produce a readable key: an encryption oracle on the base key);
+//! - CKA_MODIFIABLE is false, so nobody can add CKA_DECRYPT to a KEK later.
+//!
+//! Requirements KM-1, KM-2.
+
+use crate::model::{Algorithm, Capabilities, KeyFamily, KeyUsage, ObjectId};
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+
+/// DER of the P-256 curve OID (1.2.840.10045.3.1.7), for CKA_EC_PARAMS.
+pub(crate) const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+
+/// What the caller wants to create; the template follows from it.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub algorithm: Algorithm,
+    pub usage: KeyUsage,
+    pub exportable: bool,
+    pub object_id: ObjectId,
+    pub label: String,
+    /// Token object (persistent) or session object (gone with the session).
+    pub persistent: bool,
+}
+
+/// How a security-officer-created trusted KEK differs from a normal key:
+/// the SO cannot create private objects, so it is CKA_PRIVATE=false, and
+/// CKA_TRUSTED=true lets it wrap CKA_WRAP_WITH_TRUSTED keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Normal,
+    TrustedBySecurityOfficer,
+}
+
+pub(crate) fn secret_key_type(alg: Algorithm) -> Option<KeyType> {
+    match alg {
+        Algorithm::Aes128 | Algorithm::Aes192 | Algorithm::Aes256 => Some(KeyType::AES),
+        Algorithm::Tdes2 => Some(KeyType::DES2),
+        Algorithm::Tdes3 => Some(KeyType::DES3),
+        _ => None,
+    }
+}
+
+fn capability_flags(c: Capabilities) -> [Attribute; 7] {
+    [
+        Attribute::Encrypt(c.encrypt),
+        Attribute::Decrypt(c.decrypt),
+        Attribute::Wrap(c.wrap),
+        Attribute::Unwrap(c.unwrap),
+        Attribute::Derive(c.derive),
+        Attribute::Sign(c.sign),
+        Attribute::Verify(c.verify),
+    ]
+}
+
+/// Template for a secret key (generate, create from components, unwrap, derive).
+/// `with_value_len` is needed by C_GenerateKey / C_DeriveKey for AES, and must
+/// be absent for C_CreateObject and for DES keys.
+pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, with_value_len: bool) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Token(spec.persistent),
+        Attribute::Private(trust == Trust::Normal),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(spec.exportable),
+        // Set even when not extractable: harmless, and no path can forget it.
+        Attribute::WrapWithTrusted(true),
+        Attribute::Modifiable(false),
+        Attribute::Id(spec.object_id.as_bytes().to_vec()),
+        Attribute::Label(spec.label.as_bytes().to_vec()),
+    ];
+    if let Some(kt) = secret_key_type(spec.algorithm) {
+        t.push(Attribute::KeyType(kt));
+    }
+    if trust == Trust::TrustedBySecurityOfficer {
+        t.push(Attribute::Trusted(true));
+    }
+    if with_value_len && spec.algorithm.family() == KeyFamily::Aes {
+        if let Some(len) = spec.algorithm.secret_len() {
+            t.push(Attribute::ValueLen((len as u64).into()));
+        }
+    }
+    t.extend(capability_flags(spec.usage.capabilities(spec.algorithm)));
+    t
+}
+
+/// Template of a short-lived helper key that exists only to derive another
+/// key inside the token (e.g. a 2-key TDES key, which SoftHSM cannot generate).
+pub(crate) fn derivation_scratch(object_id: ObjectId) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Id(object_id.as_bytes().to_vec()),
+        Attribute::Derive(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+    ]
+}
+
+/// Public and private templates of a key pair. Private keys never leave the
+/// token: asymmetric exportability is refused before we get here.
+pub(crate) fn key_pair(spec: &KeySpec) -> (Vec<Attribute>, Vec<Attribute>) {
+    let c = spec.usage.capabilities(spec.algorithm);
+    let id = spec.object_id.as_bytes().to_vec();
+    let label = spec.label.as_bytes().to_vec();
+    let mut public = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(spec.persistent),
+        Attribute::Private(false),
+        Attribute::Modifiable(false),
+        Attribute::Id(id.clone()),
+        Attribute::Label(label.clone()),
+        Attribute::Verify(c.verify),
+        Attribute::Wrap(c.wrap),
+        Attribute::Encrypt(false),
+        Attribute::Derive(false),
+    ];
+    let mut private = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Token(spec.persistent),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Id(id),
+        Attribute::Label(label),
+        Attribute::Sign(c.sign),
+        Attribute::Unwrap(c.unwrap),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+    ];
+    if let Some(bits) = spec.algorithm.rsa_bits() {
+        public.push(Attribute::KeyType(KeyType::RSA));
+        public.push(Attribute::ModulusBits(bits.into()));
+        public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+        private.push(Attribute::KeyType(KeyType::RSA));
+    } else {
+        public.push(Attribute::KeyType(KeyType::EC));
+        public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+        private.push(Attribute::KeyType(KeyType::EC));
+    }
+    (public, private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(alg: Algorithm, usage: KeyUsage, exportable: bool) -> KeySpec {
+        KeySpec {
+            algorithm: alg,
+            usage,
+            exportable,
+            object_id: ObjectId::random(),
+            label: "t".into(),
+            persistent: true,
+        }
+    }
+
+    fn flag(t: &[Attribute], f: fn(&Attribute) -> Option<bool>) -> Option<bool> {
+        t.iter().find_map(f)
+    }
+
+    #[test]
+    fn every_secret_template_is_sensitive_and_wrap_with_trusted() {
+        for u in KeyUsage::ALL {
+            for a in Algorithm::ALL.into_iter().filter(|a| a.is_secret() && u.allows(*a)) {
+                for exportable in [false, true] {
+                    let t = secret_key(&spec(a, u, exportable), Trust::Normal, true);
+                    let sens = flag(&t, |x| match x {
+                        Attribute::Sensitive(b) => Some(*b),
+                        _ => None,
+                    });
+                    let ext = flag(&t, |x| match x {
+                        Attribute::Extractable(b) => Some(*b),
+                        _ => None,
+                    });
+                    let wwt = flag(&t, |x| match x {
+                        Attribute::WrapWithTrusted(b) => Some(*b),
+                        _ => None,
+                    });
+                    assert_eq!(sens, Some(true));
+                    assert_eq!(ext, Some(exportable));
+                    assert_eq!(wwt, Some(true));
+                }
+            }
+        }
+    }
+}
