@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod crypto;
+pub mod derivation;
 pub mod hsm;
 pub mod model;
+pub mod policy;
 pub mod service;
 pub mod store;

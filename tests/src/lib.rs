@@ -1,1 +1,2 @@
 //! Shared fixtures for the end-to-end tests.
+pub mod token;

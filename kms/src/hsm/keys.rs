@@ -1,6 +1,6 @@
 //! Key objects: generate, create from a clear value, find, inspect, destroy.
 
-use super::templates::{self, KeySpec, Trust};
+use super::templates::{self, Creation, KeySpec, Trust};
 use super::{Hsm, HsmError, KeyRef, DeriveAlg};
 use crate::model::{Algorithm, KeyFamily, ObjectId};
 use cryptoki::mechanism::Mechanism;
@@ -136,9 +136,9 @@ impl Hsm {
                 let h = match spec.algorithm {
                     Algorithm::Tdes2 => self.generate_tdes2(&session, spec, trust)?,
                     Algorithm::Tdes3 => session
-                        .generate_key(&Mechanism::Des3KeyGen, &templates::secret_key(spec, trust, false))?,
+                        .generate_key(&Mechanism::Des3KeyGen, &templates::secret_key(spec, trust, Creation::Generate))?,
                     _ => session
-                        .generate_key(&Mechanism::AesKeyGen, &templates::secret_key(spec, trust, true))?,
+                        .generate_key(&Mechanism::AesKeyGen, &templates::secret_key(spec, trust, Creation::Generate))?,
                 };
                 Ok(CreatedKey {
                     object_id: spec.object_id,
@@ -201,7 +201,7 @@ impl Hsm {
             session,
             scratch,
             &DeriveAlg::AesEcb(data),
-            &templates::secret_key(spec, trust, false),
+            &templates::secret_key(spec, trust, Creation::Derive),
         );
         session.destroy_object(scratch)?;
         derived
@@ -226,7 +226,7 @@ impl Hsm {
             )));
         }
         let session = self.session()?;
-        let mut template = templates::secret_key(spec, trust, false);
+        let mut template = templates::secret_key(spec, trust, Creation::Create);
         template.push(Attribute::Value(value.to_vec()));
         let created = session.create_object(&template);
         for a in template.iter_mut() {

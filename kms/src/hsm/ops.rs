@@ -2,7 +2,7 @@
 //! derive, MAC, sign. Each takes one pooled session for its whole duration.
 
 use super::keys::{primary_class, CreatedKey};
-use super::templates::{self, KeySpec, Trust};
+use super::templates::{self, Creation, KeySpec, Trust};
 use super::{DeriveAlg, Hsm, HsmError, KeyRef};
 use crate::model::KeyFamily;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
@@ -164,7 +164,7 @@ impl Hsm {
         }
         let session = self.session()?;
         let uk = self.wrapping_key(&session, kek, true)?;
-        let template = templates::secret_key(spec, trust, false);
+        let template = templates::secret_key(spec, trust, Creation::Unwrap);
         let h = session.unwrap_key(&wrap_mechanism(alg), uk, wrapped, &template)?;
         Ok(CreatedKey {
             object_id: spec.object_id,
@@ -187,7 +187,7 @@ impl Hsm {
         }
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
-        let h = self.raw.derive(&session, b, how, &templates::secret_key(spec, Trust::Normal, true))?;
+        let h = self.raw.derive(&session, b, how, &templates::secret_key(spec, Trust::Normal, Creation::Derive))?;
         Ok(CreatedKey {
             object_id: spec.object_id,
             kcv: Self::check_value(&session, h)?,
@@ -213,7 +213,7 @@ impl Hsm {
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
         let wk = self.wrapping_key(&session, kek, false)?;
-        let h = self.raw.derive(&session, b, how, &templates::secret_key(&spec, Trust::Normal, true))?;
+        let h = self.raw.derive(&session, b, how, &templates::secret_key(&spec, Trust::Normal, Creation::Derive))?;
         let result = (|| {
             let kcv = Self::check_value(&session, h)?;
             let wrapped = session.wrap_key(&wrap_mechanism(alg), wk, h)?;

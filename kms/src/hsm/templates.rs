@@ -10,7 +10,11 @@
 //!   both, and then "wrap, then decrypt the blob" reveals any key);
 //! - derived keys are sensitive too (SoftHSM would otherwise let a derive
 //!   produce a readable key: an encryption oracle on the base key);
-//! - CKA_MODIFIABLE is false, so nobody can add CKA_DECRYPT to a KEK later.
+//! - CKA_MODIFIABLE is false for generated and created keys, so nobody can add
+//!   CKA_DECRYPT to a KEK later. SoftHSM 2.6 refuses CKA_MODIFIABLE in a
+//!   C_DeriveKey or C_UnwrapKey template (CKR_ATTRIBUTE_READ_ONLY, measured),
+//!   so derived and unwrapped keys stay modifiable there; only this process
+//!   holds the user PIN, and docs/threat-model.md records the gap.
 //!
 //! Requirements KM-1, KM-2.
 
@@ -62,10 +66,20 @@ fn capability_flags(c: Capabilities) -> [Attribute; 7] {
     ]
 }
 
-/// Template for a secret key (generate, create from components, unwrap, derive).
-/// `with_value_len` is needed by C_GenerateKey / C_DeriveKey for AES, and must
-/// be absent for C_CreateObject and for DES keys.
-pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, with_value_len: bool) -> Vec<Attribute> {
+/// How the object comes to be; the token accepts different attributes for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Creation {
+    Generate,
+    Create,
+    Derive,
+    Unwrap,
+}
+
+/// Template for a secret key. CKA_VALUE_LEN is needed by C_GenerateKey and
+/// C_DeriveKey for AES, and must be absent for C_CreateObject, C_UnwrapKey
+/// and DES keys.
+pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, how: Creation) -> Vec<Attribute> {
+    let with_value_len = matches!(how, Creation::Generate | Creation::Derive);
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::Token(spec.persistent),
@@ -74,10 +88,12 @@ pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, with_value_len: bool) -> 
         Attribute::Extractable(spec.exportable),
         // Set even when not extractable: harmless, and no path can forget it.
         Attribute::WrapWithTrusted(true),
-        Attribute::Modifiable(false),
         Attribute::Id(spec.object_id.as_bytes().to_vec()),
         Attribute::Label(spec.label.as_bytes().to_vec()),
     ];
+    if matches!(how, Creation::Generate | Creation::Create) {
+        t.push(Attribute::Modifiable(false));
+    }
     if let Some(kt) = secret_key_type(spec.algorithm) {
         t.push(Attribute::KeyType(kt));
     }
@@ -184,7 +200,7 @@ mod tests {
         for u in KeyUsage::ALL {
             for a in Algorithm::ALL.into_iter().filter(|a| a.is_secret() && u.allows(*a)) {
                 for exportable in [false, true] {
-                    let t = secret_key(&spec(a, u, exportable), Trust::Normal, true);
+                    let t = secret_key(&spec(a, u, exportable), Trust::Normal, Creation::Derive);
                     let sens = flag(&t, |x| match x {
                         Attribute::Sensitive(b) => Some(*b),
                         _ => None,

@@ -1,1 +1,96 @@
-//! placeholder
+//! Use cases: policy -> HSM -> store, in one place that the CLI (and later
+//! the API and ceremonies) call. Handlers stay thin; every rule about keys
+//! is enforced here or below.
+//!
+//! Write order, chosen so that a crash at any point leaves a state that
+//! start-up reconciliation (`reconcile.rs`) can finish or report:
+//! create: row `pending` -> token object -> row `present`;
+//! destroy: row `destroying` -> object removed -> row `tombstone`.
+//! The database never claims an object the token might not have without
+//! saying so, and the token never holds an object we cannot name.
+
+mod approvals;
+mod error;
+mod keys;
+mod reconcile;
+
+pub use approvals::{ApprovalRequest, Executed, Operation};
+pub use error::ServiceError;
+pub use keys::{CreateKey, ExportedKey, ImportComponents, KeyView};
+pub use reconcile::{Finding, ReconcileReport};
+
+use crate::hsm::{Hsm, HsmError};
+use crate::policy::KeyPolicy;
+use crate::store::Store;
+use std::sync::Arc;
+
+/// The person or system on whose behalf an operation runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    pub fn parse(s: &str) -> Result<Actor, ServiceError> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        if ok {
+            Ok(Actor(s.to_owned()))
+        } else {
+            Err(ServiceError::Invalid(
+                "actor must be 1-128 printable ASCII characters".into(),
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The key service.
+#[derive(Clone)]
+pub struct KeyService {
+    hsm: Arc<Hsm>,
+    store: Store,
+    policy: Arc<KeyPolicy>,
+}
+
+impl KeyService {
+    pub fn new(hsm: Arc<Hsm>, store: Store, policy: KeyPolicy) -> Self {
+        Self {
+            hsm,
+            store,
+            policy: Arc::new(policy),
+        }
+    }
+
+    pub fn hsm(&self) -> &Arc<Hsm> {
+        &self.hsm
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.policy
+    }
+
+    /// Run a blocking HSM call off the async workers (PKCS#11 calls block).
+    pub(crate) async fn on_hsm<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hsm) -> Result<T, HsmError> + Send + 'static,
+    {
+        let hsm = self.hsm.clone();
+        tokio::task::spawn_blocking(move || f(&hsm))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("HSM task failed: {e}")))?
+            .map_err(ServiceError::from)
+    }
+}

@@ -1,0 +1,306 @@
+//! Dual control (invariant 3): a sensitive operation runs only after people
+//! other than its requester approved exactly that operation.
+//!
+//! request -> approve (by N distinct others) -> execute (by the requester,
+//! once). An approval is bound to the SHA-256 digest of the operation's
+//! canonical JSON, so approving "export A under B" cannot be replayed for
+//! anything else; requests expire. Issue 5's ceremonies bind each person to
+//! a certificate and a PIN and sign each approval; here the actor is the
+//! name the caller authenticated as.
+
+use super::{Actor, KeyService, ServiceError};
+use crate::hsm::WrapAlg;
+use crate::model::{KeyName, Tenant};
+use crate::policy::SensitiveAction;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+/// A sensitive operation, exactly as it will run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Operation {
+    Export {
+        tenant: String,
+        key: String,
+        version: Option<u32>,
+        kek: String,
+        wrap: Option<String>,
+    },
+    Destroy {
+        tenant: String,
+        key: String,
+        version: u32,
+        reason: Option<String>,
+    },
+    Compromise {
+        tenant: String,
+        key: String,
+        version: Option<u32>,
+        reason: String,
+    },
+}
+
+impl Operation {
+    pub fn action(&self) -> SensitiveAction {
+        match self {
+            Operation::Export { .. } => SensitiveAction::Export,
+            Operation::Destroy { .. } => SensitiveAction::Destroy,
+            Operation::Compromise { .. } => SensitiveAction::Compromise,
+        }
+    }
+
+    /// serde_json writes struct fields in declaration order, so this is a
+    /// stable canonical form for a given operation.
+    pub fn canonical(&self) -> Result<String, ServiceError> {
+        serde_json::to_string(self).map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    pub fn digest(&self) -> Result<String, ServiceError> {
+        Ok(hex::encode_upper(Sha256::digest(self.canonical()?.as_bytes())))
+    }
+
+    fn validate(&self) -> Result<(), ServiceError> {
+        match self {
+            Operation::Export {
+                tenant, key, kek, wrap, ..
+            } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+                KeyName::parse(kek)?;
+                if let Some(w) = wrap {
+                    w.parse::<WrapAlg>()?;
+                }
+            }
+            Operation::Destroy { tenant, key, .. } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+            }
+            Operation::Compromise {
+                tenant,
+                key,
+                reason,
+                ..
+            } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+                if reason.trim().is_empty() {
+                    return Err(ServiceError::Invalid("a compromise needs a reason".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request as shown to people: what, who asked, who agreed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRequest {
+    pub id: String,
+    pub operation: Operation,
+    pub digest: String,
+    pub requested_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub status: String,
+    pub approvers: Vec<String>,
+    pub approvals_needed: u32,
+}
+
+/// What executing a request produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Executed {
+    Exported(super::ExportedKey),
+    Key(crate::store::KeyRecord),
+}
+
+impl KeyService {
+    fn needed(&self) -> u32 {
+        self.policy.dual_control.approvals
+    }
+
+    async fn load_request(&self, id: &str) -> Result<ApprovalRequest, ServiceError> {
+        let row = self
+            .store
+            .approval_request(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("approval request {id}")))?;
+        let operation: Operation = serde_json::from_str(&row.operation)
+            .map_err(|e| ServiceError::Inconsistent(format!("request {id}: {e}")))?;
+        if operation.digest()? != row.digest {
+            return Err(ServiceError::Inconsistent(format!(
+                "request {id}: the stored operation does not match its digest"
+            )));
+        }
+        Ok(ApprovalRequest {
+            id: row.id,
+            operation,
+            digest: row.digest,
+            requested_by: row.requested_by,
+            expires_at: row.expires_at,
+            status: row.status,
+            approvers: row.approvers,
+            approvals_needed: self.needed(),
+        })
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<ApprovalRequest, ServiceError> {
+        self.load_request(id).await
+    }
+
+    /// Ask for a sensitive operation. Nothing happens to any key yet.
+    pub async fn request(&self, actor: &Actor, op: Operation) -> Result<ApprovalRequest, ServiceError> {
+        op.validate()?;
+        let (Operation::Export { tenant, key, .. }
+        | Operation::Destroy { tenant, key, .. }
+        | Operation::Compromise { tenant, key, .. }) = &op;
+        // Refuse requests for keys that do not exist, before anyone is asked.
+        self.get(&Tenant::parse(tenant)?, &KeyName::parse(key)?)
+            .await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
+        self.store
+            .insert_approval_request(
+                &id,
+                &op.canonical()?,
+                &op.digest()?,
+                actor.as_str(),
+                OffsetDateTime::now_utc() + ttl,
+            )
+            .await?;
+        self.load_request(&id).await
+    }
+
+    /// Approve a request. `digest` is what the approver was shown; it must
+    /// match the stored operation's digest.
+    pub async fn approve(
+        &self,
+        approver: &Actor,
+        id: &str,
+        digest: &str,
+    ) -> Result<ApprovalRequest, ServiceError> {
+        let req = self.load_request(id).await?;
+        self.check_open(&req)?;
+        if !req.digest.eq_ignore_ascii_case(digest) {
+            return Err(ServiceError::Refused(
+                "this approval is for a different operation (digest mismatch)".into(),
+            ));
+        }
+        if approver.as_str() == req.requested_by {
+            return Err(ServiceError::Refused(
+                "the requester cannot approve their own request".into(),
+            ));
+        }
+        if req.approvers.iter().any(|a| a == approver.as_str()) {
+            return Err(ServiceError::Refused(format!(
+                "{approver} has already approved this request"
+            )));
+        }
+        self.store
+            .add_approval(id, approver.as_str(), &req.digest)
+            .await?;
+        self.load_request(id).await
+    }
+
+    fn check_open(&self, req: &ApprovalRequest) -> Result<(), ServiceError> {
+        if req.status != "open" {
+            return Err(ServiceError::Refused(format!(
+                "request {} is {}",
+                req.id, req.status
+            )));
+        }
+        if req.expires_at <= OffsetDateTime::now_utc() {
+            return Err(ServiceError::Refused(format!("request {} has expired", req.id)));
+        }
+        Ok(())
+    }
+
+    /// Run an approved request, once, as its requester.
+    pub async fn execute(&self, actor: &Actor, id: &str) -> Result<Executed, ServiceError> {
+        let req = self.load_request(id).await?;
+        self.check_open(&req)?;
+        if actor.as_str() != req.requested_by {
+            return Err(ServiceError::Refused(
+                "only the requester executes an approved request".into(),
+            ));
+        }
+        let distinct = req
+            .approvers
+            .iter()
+            .filter(|a| a.as_str() != req.requested_by)
+            .count();
+        if self.policy.needs_approval(req.operation.action()) && (distinct as u32) < self.needed() {
+            return Err(ServiceError::Refused(format!(
+                "{} of {} approvals so far",
+                distinct,
+                self.needed()
+            )));
+        }
+        // Close first: a request can only ever run once, even if two
+        // executions race.
+        if !self.store.close_approval_request(id, "executed").await? {
+            return Err(ServiceError::Refused(format!("request {id} is no longer open")));
+        }
+        let why = format!("request {id} approved by {}", req.approvers.join(", "));
+        match req.operation {
+            Operation::Export {
+                tenant,
+                key,
+                version,
+                kek,
+                wrap,
+            } => {
+                let wrap = wrap.map(|w| w.parse::<WrapAlg>()).transpose()?;
+                let out = self
+                    .export_now(
+                        actor,
+                        &Tenant::parse(&tenant)?,
+                        &KeyName::parse(&key)?,
+                        version,
+                        &KeyName::parse(&kek)?,
+                        wrap,
+                    )
+                    .await?;
+                Ok(Executed::Exported(out))
+            }
+            Operation::Destroy {
+                tenant,
+                key,
+                version,
+                reason,
+            } => {
+                let reason = format!("{}; {why}", reason.unwrap_or_else(|| "destroyed".into()));
+                let rec = self
+                    .destroy_now(
+                        actor,
+                        &Tenant::parse(&tenant)?,
+                        &KeyName::parse(&key)?,
+                        version,
+                        Some(&reason),
+                    )
+                    .await?;
+                Ok(Executed::Key(rec))
+            }
+            Operation::Compromise {
+                tenant,
+                key,
+                version,
+                reason,
+            } => {
+                let reason = format!("{reason}; {why}");
+                let rec = self
+                    .transition_now(
+                        actor,
+                        &Tenant::parse(&tenant)?,
+                        &KeyName::parse(&key)?,
+                        version,
+                        crate::model::Transition::Compromise,
+                        Some(&reason),
+                    )
+                    .await?;
+                Ok(Executed::Key(rec))
+            }
+        }
+    }
+}

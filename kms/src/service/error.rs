@@ -1,0 +1,64 @@
+//! Service errors, grouped by what the caller should do about them.
+
+use crate::crypto::ComponentError;
+use crate::hsm::HsmError;
+use crate::model::ParseError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request itself is wrong (bad value, wrong usage for an algorithm).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no key {0}")]
+    NotFound(String),
+    /// Policy, state or dual control says no. Nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The key's metadata and the token disagree; the key is not used until
+    /// an operator resolves it (see `kms reconcile`).
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error("HSM: {0}")]
+    Hsm(HsmError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ParseError> for ServiceError {
+    fn from(e: ParseError) -> Self {
+        ServiceError::Invalid(e.to_string())
+    }
+}
+
+impl From<HsmError> for ServiceError {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::Refused { .. } => ServiceError::Refused(e.to_string()),
+            HsmError::Invalid(m) => ServiceError::Invalid(m),
+            HsmError::ObjectNotFound(id) => ServiceError::Inconsistent(format!(
+                "the token has no object {id}, though the database has a live version for it"
+            )),
+            other => ServiceError::Hsm(other),
+        }
+    }
+}
+
+impl ServiceError {
+    /// Exit code class for the CLI: 2 usage/input, 3 refused, 1 failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServiceError::Invalid(_) | ServiceError::NotFound(_) | ServiceError::Component(_) => 2,
+            ServiceError::Refused(_) => 3,
+            ServiceError::Store(StoreError::Duplicate { .. }) => 2,
+            ServiceError::Store(StoreError::Conflict { .. })
+            | ServiceError::Store(StoreError::IllegalTransition(_)) => 3,
+            _ => 1,
+        }
+    }
+}

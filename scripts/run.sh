@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The README's first command: from a fresh Debian machine to a running KMS.
+#
+#   scripts/run.sh
+#
+# 1. installs SoftHSM2 if missing            (softhsm-setup/install.sh)
+# 2. builds kms                              (cargo build --release -p kms)
+# 3. creates the project-local token, once   (softhsm-setup/setup-token.sh,
+#    into var/softhsm, with random PINs in 0600 files)
+# 4. writes kms.toml if there is none (an existing one is never touched)
+# 5. kms init, kms status
+# 6. exec kms serve, if this kms has a server; else says how to use the CLI.
+# Running it again re-uses the token, the PINs and kms.toml.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "SoftHSM2"
+softhsm-setup/install.sh
+
+step "building kms (release)"
+cargo build --release -p kms
+kms=$repo/target/release/kms
+
+step "project-local SoftHSM2 token (var/softhsm)"
+setup_out=$(softhsm-setup/setup-token.sh --dir "$repo/var/softhsm" --label kms)
+# Only paths come back (SOFTHSM2_CONF, KMS_PKCS11_MODULE, ...), never PINs.
+eval "$setup_out"
+
+config=$repo/kms.toml
+if [[ -e $config ]]; then
+    step "keeping the existing $config"
+else
+    step "writing $config"
+    # Paths are relative to kms.toml's directory. The PINs are read from the
+    # 0600 files; "env:KMS_USER_PIN" would read an environment variable.
+    tmp=$(mktemp "$repo/.kms.toml.XXXXXX")
+    cat >"$tmp" <<TOML
+# KMS configuration, written by scripts/run.sh for the project-local SoftHSM2
+# token. Relative paths are relative to this file's directory; KMS_* environment
+# variables override these settings.
+
+[hsm]
+# PKCS#11 module of the HSM (SoftHSM2 here; a production HSM's module otherwise)
+module = "$KMS_PKCS11_MODULE"
+token_label = "$KMS_TOKEN_LABEL"
+# "file:PATH" reads the PIN from a file (keep it mode 0600); "env:NAME" from a variable
+user_pin = "file:var/softhsm/user.pin"
+so_pin = "file:var/softhsm/so.pin"
+# exported as SOFTHSM2_CONF before the module is loaded (SoftHSM2 only)
+softhsm2_conf = "var/softhsm/softhsm2.conf"
+
+[database]
+url = "sqlite://var/kms.db?mode=rwc"
+
+[policy]
+dir = "policies"
+TOML
+    chmod 644 "$tmp"
+    # No-clobber even if kms.toml appeared meanwhile.
+    if ! ln "$tmp" "$config" 2>/dev/null; then
+        printf 'run.sh: %s appeared meanwhile; keeping it\n' "$config" >&2
+    fi
+    rm -f "$tmp"
+fi
+
+step "kms init"
+"$kms" init
+
+step "kms status"
+"$kms" status
+
+if "$kms" serve --help >/dev/null 2>&1; then
+    step "kms serve"
+    exec "$kms" serve
+fi
+
+cat >&2 <<MSG
+
+This kms has no server yet; use the command line (from $repo, which holds kms.toml):
+  $kms --help
+  $kms key create --help          # e.g. create a key in the HSM
+  $kms status
+MSG
