@@ -67,6 +67,9 @@ TOML
     rm -f "$tmp"
 fi
 
+# kms reads $KMS_CONFIG, else ./kms.toml: name this one whatever the caller had.
+export KMS_CONFIG=$config
+
 step "kms init"
 "$kms" init
 

@@ -232,8 +232,14 @@ mod tests {
     fn the_known_answers_load_and_every_section_has_entries() -> anyhow::Result<()> {
         let v = KnownAnswers::load()?;
         assert!(!v.kcv.is_empty());
-        assert!(v.sd_diversification.iter().any(|e| e.method == SdMethod::EmvCps11));
-        assert!(v.sd_diversification.iter().any(|e| e.method == SdMethod::Kdf3));
+        assert!(v
+            .sd_diversification
+            .iter()
+            .any(|e| e.method == SdMethod::EmvCps11));
+        assert!(v
+            .sd_diversification
+            .iter()
+            .any(|e| e.method == SdMethod::Kdf3));
         assert!(!v.scp02.is_empty());
         assert!(!v.scp03.is_empty());
         assert!(!v.emv_option_a.is_empty());

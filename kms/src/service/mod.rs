@@ -10,11 +10,13 @@
 //! saying so, and the token never holds an object we cannot name.
 
 mod approvals;
+mod cardkeys;
 mod error;
 mod keys;
 mod reconcile;
 
 pub use approvals::{ApprovalRequest, Executed, Operation};
+pub use cardkeys::{SdDiversification, WrappedKey};
 pub use error::ServiceError;
 pub use keys::{CreateKey, ExportedKey, ImportComponents, KeyView};
 pub use reconcile::{Finding, ReconcileReport};

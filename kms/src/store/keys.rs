@@ -550,6 +550,14 @@ impl Store {
         if !from.can_go_to(to) {
             return Err(StateError { from, to }.into());
         }
+        // Destruction removes the token object, so it goes through
+        // mark_destroying/mark_tombstone; a state alone must never claim it.
+        if to.is_destroyed() && !from.is_destroyed() {
+            return Err(StoreError::Invalid {
+                what: "state change",
+                why: format!("{from} -> {to} is a destruction; use mark_destroying"),
+            });
+        }
         check_actor(actor)?;
         check_action(action)?;
         check_reason(reason)?;

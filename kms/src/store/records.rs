@@ -238,6 +238,11 @@ impl<'r> RowReader<'r> {
     }
 
     fn corrupt(&self, column: &'static str, why: impl fmt::Display) -> StoreError {
+        // Joined queries alias columns as k_*/v_*; report the real name.
+        let column = column
+            .strip_prefix("k_")
+            .or_else(|| column.strip_prefix("v_"))
+            .unwrap_or(column);
         StoreError::Corrupt {
             table: self.table,
             column,

@@ -1,0 +1,424 @@
+//! One function per command; each builds a service, calls it, prints.
+
+use super::output::{key_detail, key_line, print};
+use super::{Cli, Command, DeriveCommand, KeyCommand, KeyId, RequestCommand};
+use anyhow::{bail, Context, Result};
+use kms::config::Config;
+use kms::crypto::{Component, Kcv};
+use kms::derivation::{parse_psn, Kdd, Pan};
+use kms::hsm::{Hsm, Role};
+use kms::model::{Algorithm, KeyName, KeyUsage, Tenant, Transition};
+use kms::policy::KeyPolicy;
+use kms::service::{Actor, CreateKey, Executed, ImportComponents, KeyService, Operation};
+use kms::store::Store;
+use std::io::BufRead;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+fn actor(cli: &Cli) -> Result<Actor> {
+    let name = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into());
+    Ok(Actor::parse(&name)?)
+}
+
+pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let policy = KeyPolicy::load(&cfg.policy_dir)?;
+    let store = Store::connect(&cfg.database_url)
+        .await
+        .context("opening the database")?;
+    let hsm_cfg = cfg.hsm(role)?;
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg))
+        .await?
+        .context("opening the token")?;
+    Ok(KeyService::new(Arc::new(hsm), store, policy))
+}
+
+fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
+    Ok((Tenant::parse(&id.tenant)?, KeyName::parse(&id.name)?))
+}
+
+pub async fn dispatch(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init => init(cli).await,
+        Command::Status | Command::Reconcile => status(cli).await,
+        Command::Key(k) => key(cli, k).await,
+        Command::Request(r) => request(cli, r).await,
+        Command::Derive(d) => derive(cli, d).await,
+        Command::Bench(b) => crate::bench::run(cli, b).await,
+    }
+}
+
+async fn init(cli: &Cli) -> Result<()> {
+    let svc = service(cli, Role::User).await?;
+    let report = svc.reconcile().await?;
+    print(cli.json, &report, || {
+        format!(
+            "database ready ({}), token logged in, {} key versions, {} objects on the token, {} findings",
+            svc.store().backend(),
+            report.versions_checked,
+            report.objects_on_token,
+            report.findings.len()
+        )
+    });
+    Ok(())
+}
+
+async fn status(cli: &Cli) -> Result<()> {
+    let svc = service(cli, Role::User).await?;
+    let report = svc.reconcile().await?;
+    let problems = report.problems().count();
+    print(cli.json, &report, || {
+        let mut s = format!(
+            "database {}; {} key versions; {} objects on the token\n",
+            svc.store().backend(),
+            report.versions_checked,
+            report.objects_on_token
+        );
+        for f in &report.findings {
+            s.push_str(&format!("  {}\n", serde_json::to_string(f).unwrap_or_default()));
+        }
+        s.push_str(if problems == 0 {
+            "consistent"
+        } else {
+            "INCONSISTENT: the keys above are refused until resolved"
+        });
+        s
+    });
+    if problems > 0 {
+        return Err(kms::service::ServiceError::Inconsistent(format!(
+            "{problems} finding(s) need an operator"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn create_request(
+    id: &KeyId,
+    alg: &str,
+    usage: &str,
+    exportable: bool,
+    activate: bool,
+    trusted: bool,
+) -> Result<CreateKey> {
+    let (tenant, name) = key_id(id)?;
+    Ok(CreateKey {
+        tenant,
+        name,
+        algorithm: alg.parse::<Algorithm>()?,
+        usage: usage.parse::<KeyUsage>()?,
+        exportable,
+        activate,
+        trusted,
+    })
+}
+
+/// Components come from a hidden prompt, or from stdin with --stdin. The
+/// typed text lives in zeroizing buffers and is never echoed.
+fn read_components(n: usize, alg: Algorithm, stdin: bool) -> Result<Vec<(Component, Option<Kcv>)>> {
+    if !(2..=3).contains(&n) {
+        bail!(kms::crypto::ComponentError::Count(n));
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut lines = std::io::stdin().lock();
+    for i in 1..=n {
+        let line: Zeroizing<String> = if stdin {
+            let mut s = Zeroizing::new(String::new());
+            lines.read_line(&mut s)?;
+            s
+        } else {
+            Zeroizing::new(
+                rpassword::prompt_password(format!("Custodian {i}: component {i} (hidden): "))
+                    .context("reading the component")?,
+            )
+        };
+        let mut parts = line.trim().splitn(2, ',');
+        let comp = Component::parse_hex(parts.next().unwrap_or_default(), alg)
+            .with_context(|| format!("component {i}"))?;
+        let kcv = match parts.next() {
+            Some(k) => Some(Kcv::parse_hex(k.trim()).with_context(|| format!("component {i} check value"))?),
+            None if !stdin => {
+                let k = rpassword::prompt_password(format!("Custodian {i}: check value of component {i}: "))?;
+                if k.trim().is_empty() { None } else { Some(Kcv::parse_hex(k.trim())?) }
+            }
+            None => None,
+        };
+        if !stdin {
+            eprintln!("component {i} accepted");
+        }
+        out.push((comp, kcv));
+    }
+    Ok(out)
+}
+
+async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
+    let who = actor(cli)?;
+    match cmd {
+        KeyCommand::Create {
+            id,
+            alg,
+            usage,
+            exportable,
+            pre_activation,
+            trusted,
+        } => {
+            let req = create_request(id, alg, usage, *exportable, !pre_activation, *trusted)?;
+            let role = if *trusted { Role::SecurityOfficer } else { Role::User };
+            let svc = service(cli, role).await?;
+            let rec = svc.create(&who, req).await?;
+            print(cli.json, &rec, || key_detail(&rec));
+        }
+        KeyCommand::Import {
+            id,
+            alg,
+            usage,
+            exportable,
+            trusted,
+            components,
+            kcv,
+            stdin,
+        } => {
+            let req = create_request(id, alg, usage, *exportable, true, *trusted)?;
+            let expected_kcv = Kcv::parse_hex(kcv).context("--kcv")?;
+            let comps = read_components(*components, req.algorithm, *stdin)?;
+            let role = if *trusted { Role::SecurityOfficer } else { Role::User };
+            let svc = service(cli, role).await?;
+            let rec = svc
+                .import_components(
+                    &who,
+                    ImportComponents {
+                        key: req,
+                        components: comps,
+                        expected_kcv,
+                    },
+                )
+                .await?;
+            print(cli.json, &rec, || key_detail(&rec));
+        }
+        KeyCommand::List { tenant } => {
+            let tenant = tenant.as_deref().map(Tenant::parse).transpose()?;
+            let svc = service(cli, Role::User).await?;
+            let keys = svc.list(tenant.as_ref()).await?;
+            print(cli.json, &keys, || {
+                keys.iter().map(key_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        KeyCommand::Show { id } => {
+            let (t, n) = key_id(id)?;
+            let svc = service(cli, Role::User).await?;
+            let view = svc.show(&t, &n).await?;
+            print(cli.json, &view, || {
+                let mut s = key_detail(&view.key);
+                s.push_str("history:\n");
+                for e in &view.events {
+                    s.push_str(&format!(
+                        "  {} {:<10} v{} by {}{}\n",
+                        e.at,
+                        e.action,
+                        e.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        e.actor,
+                        e.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                }
+                s
+            });
+        }
+        KeyCommand::Rotate { id, reason } => {
+            let (t, n) = key_id(id)?;
+            let svc = service(cli, Role::User).await?;
+            let rec = svc.rotate(&who, &t, &n, reason.as_deref()).await?;
+            print(cli.json, &rec, || key_detail(&rec));
+        }
+        KeyCommand::State {
+            id,
+            to,
+            version,
+            reason,
+        } => {
+            let (t, n) = key_id(id)?;
+            let tr = to.parse::<Transition>()?;
+            let svc = service(cli, Role::User).await?;
+            let rec = svc
+                .transition(&who, &t, &n, *version, tr, reason.as_deref())
+                .await?;
+            print(cli.json, &rec, || key_detail(&rec));
+        }
+        KeyCommand::Destroy {
+            id,
+            version,
+            reason,
+        } => {
+            let op = Operation::Destroy {
+                tenant: id.tenant.clone(),
+                key: id.name.clone(),
+                version: *version,
+                reason: reason.clone(),
+            };
+            submit(cli, &who, op).await?;
+        }
+        KeyCommand::Compromise {
+            id,
+            version,
+            reason,
+        } => {
+            let op = Operation::Compromise {
+                tenant: id.tenant.clone(),
+                key: id.name.clone(),
+                version: *version,
+                reason: reason.clone(),
+            };
+            submit(cli, &who, op).await?;
+        }
+        KeyCommand::Export {
+            id,
+            kek,
+            version,
+            wrap,
+        } => {
+            let op = Operation::Export {
+                tenant: id.tenant.clone(),
+                key: id.name.clone(),
+                version: *version,
+                kek: kek.clone(),
+                wrap: wrap.clone(),
+            };
+            submit(cli, &who, op).await?;
+        }
+        KeyCommand::Attributes { id, version } => {
+            let (t, n) = key_id(id)?;
+            let svc = service(cli, Role::User).await?;
+            let rec = svc.get(&t, &n).await?;
+            let v = match version {
+                Some(x) => rec.version(*x),
+                None => rec.current(),
+            }
+            .cloned()
+            .ok_or_else(|| kms::service::ServiceError::NotFound(format!("{t}/{n} version")))?;
+            let r = KeyService::key_ref(&rec, &v)?;
+            let hsm = svc.hsm().clone();
+            let attrs = tokio::task::spawn_blocking(move || hsm.attributes(r.object_id)).await??;
+            print(cli.json, &attrs, || {
+                serde_json::to_string_pretty(&attrs).unwrap_or_default()
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
+    let svc = service(cli, Role::User).await?;
+    let req = svc.request(who, op).await?;
+    print(cli.json, &req, || {
+        format!(
+            "request {} created by {}; it needs {} approval(s) by other people.\n\
+             Approvers confirm this digest:\n  {}\n\
+             then: kms request approve {} --digest <digest>   (as another person)\n\
+             and:  kms request execute {}                      (as {})",
+            req.id, req.requested_by, req.approvals_needed, req.digest, req.id, req.id, req.requested_by
+        )
+    });
+    Ok(())
+}
+
+async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
+    let who = actor(cli)?;
+    let svc = service(cli, Role::User).await?;
+    match cmd {
+        RequestCommand::Show { id } => {
+            let r = svc.approval(id).await?;
+            print(cli.json, &r, || {
+                format!(
+                    "request {} ({}) by {}\noperation {}\ndigest {}\napprovals {}/{}: {}\nexpires {}",
+                    r.id,
+                    r.status,
+                    r.requested_by,
+                    r.operation.canonical().unwrap_or_default(),
+                    r.digest,
+                    r.approvers.len(),
+                    r.approvals_needed,
+                    r.approvers.join(", "),
+                    r.expires_at
+                )
+            });
+        }
+        RequestCommand::Approve { id, digest } => {
+            let r = svc.approve(&who, id, digest).await?;
+            print(cli.json, &r, || {
+                format!("approved by {who}; {}/{} approvals", r.approvers.len(), r.approvals_needed)
+            });
+        }
+        RequestCommand::Execute { id } => {
+            let out = svc.execute(&who, id).await?;
+            print(cli.json, &out, || match &out {
+                Executed::Exported(e) => format!(
+                    "{}/{} v{} (kcv {}) wrapped under {} v{} with {:?}:\n{}",
+                    e.tenant,
+                    e.name,
+                    e.version,
+                    e.kcv.as_deref().unwrap_or("-"),
+                    e.kek,
+                    e.kek_version,
+                    e.wrap_algorithm,
+                    e.wrapped
+                ),
+                Executed::Key(k) => key_detail(k),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
+    let svc = service(cli, Role::User).await?;
+    match cmd {
+        DeriveCommand::EmvCard {
+            tenant,
+            imk,
+            pan,
+            psn,
+            kek,
+        } => {
+            let pan = Pan::parse(pan)?;
+            let out = svc
+                .emv_card_key(
+                    &Tenant::parse(tenant)?,
+                    &KeyName::parse(imk)?,
+                    &pan,
+                    parse_psn(psn)?,
+                    &KeyName::parse(kek)?,
+                )
+                .await?;
+            print(cli.json, &out, || {
+                format!("{} for {}: kcv {} wrapped {}", out.kind, pan.masked(), out.kcv.clone().unwrap_or_default(), out.wrapped)
+            });
+        }
+        DeriveCommand::SdKeys {
+            tenant,
+            kmc,
+            method,
+            kdd,
+            kek,
+        } => {
+            let out = svc
+                .sd_static_keys(
+                    &Tenant::parse(tenant)?,
+                    &KeyName::parse(kmc)?,
+                    method.parse()?,
+                    &Kdd::parse_hex(kdd)?,
+                    &KeyName::parse(kek)?,
+                )
+                .await?;
+            print(cli.json, &out, || {
+                out.iter()
+                    .map(|k| format!("{:<4} kcv {} wrapped {}", k.kind, k.kcv.clone().unwrap_or_default(), k.wrapped))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(())
+}

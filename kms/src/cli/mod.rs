@@ -1,0 +1,254 @@
+//! Argument parsing and dispatch. Thin: every rule lives in `kms::service`.
+
+mod commands;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "kms", version, about = "HSM-backed key management for OTA card provisioning")]
+pub struct Cli {
+    /// Configuration file (default: $KMS_CONFIG, then ./kms.toml).
+    #[arg(long, global = true, env = "KMS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is acting (recorded with every change).
+    #[arg(long, global = true, env = "KMS_ACTOR")]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Prepare the database and check the token; safe to run again.
+    Init,
+    /// Token, database and key consistency at a glance.
+    Status,
+    /// Compare key metadata with the token's objects; finish interrupted work.
+    Reconcile,
+    /// Key lifecycle.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Dual control: show, approve or execute a request.
+    #[command(subcommand)]
+    Request(RequestCommand),
+    /// Derive card keys inside the HSM, wrapped under a transport KEK.
+    #[command(subcommand)]
+    Derive(DeriveCommand),
+    /// Measure raw PKCS#11 rates beside the same work through the key layer.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeyId {
+    /// Tenant (Security Domain owner).
+    #[arg(long, short = 't')]
+    pub tenant: String,
+    /// Key name.
+    pub name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Generate a key inside the HSM.
+    Create {
+        #[command(flatten)]
+        id: KeyId,
+        /// aes-128|aes-192|aes-256|tdes-2key|tdes-3key|rsa-2048|rsa-3072|rsa-4096|ec-p256
+        #[arg(long)]
+        alg: String,
+        /// kek|transport-kek|backup-kek|sd-kmc|sd-enc|sd-mac|sd-dek|imk-ac|imk-smi|imk-smc|audit|signing|mac|data
+        #[arg(long)]
+        usage: String,
+        /// Allow export wrapped under a trusted KEK (policy permitting).
+        #[arg(long)]
+        exportable: bool,
+        /// Create in pre-activation instead of active.
+        #[arg(long)]
+        pre_activation: bool,
+        /// Create as a trusted KEK; logs in as the security officer.
+        #[arg(long)]
+        trusted: bool,
+    },
+    /// Build a key from 2 or 3 XOR components typed by custodians (hidden input).
+    Import {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        alg: String,
+        #[arg(long)]
+        usage: String,
+        #[arg(long)]
+        exportable: bool,
+        #[arg(long)]
+        trusted: bool,
+        /// Number of components (2 or 3).
+        #[arg(long, default_value_t = 2)]
+        components: usize,
+        /// Check value of the whole key, from the sender.
+        #[arg(long)]
+        kcv: String,
+        /// Read components (and optional ",KCV") one per line from standard
+        /// input instead of prompting: for automation and tests.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// List keys.
+    List {
+        #[arg(long, short = 't')]
+        tenant: Option<String>,
+    },
+    /// Show a key with its versions and history.
+    Show {
+        #[command(flatten)]
+        id: KeyId,
+    },
+    /// Make a new version; the old one is deactivated.
+    Rotate {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Change state: activate, suspend, reactivate, deactivate.
+    State {
+        #[command(flatten)]
+        id: KeyId,
+        /// activate|suspend|reactivate|deactivate
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Request destruction of a version (dual control).
+    Destroy {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        version: u32,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Request marking a version compromised (dual control).
+    Compromise {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Request export wrapped under a KEK of the same tenant (dual control).
+    Export {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        kek: String,
+        #[arg(long)]
+        version: Option<u32>,
+        /// aes-kw|aes-kwp|tdes-cbc|rsa-oaep-sha256 (default: by KEK type)
+        #[arg(long)]
+        wrap: Option<String>,
+    },
+    /// Read a key's attributes back from the token.
+    Attributes {
+        #[command(flatten)]
+        id: KeyId,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCommand {
+    /// Show a request and the digest approvers must confirm.
+    Show { id: String },
+    /// Approve a request (not your own), confirming its digest.
+    Approve {
+        id: String,
+        #[arg(long)]
+        digest: String,
+    },
+    /// Execute your approved request.
+    Execute { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeriveCommand {
+    /// EMV Option A ICC master key for a PAN/PSN.
+    EmvCard {
+        #[arg(long, short = 't')]
+        tenant: String,
+        #[arg(long)]
+        imk: String,
+        #[arg(long)]
+        pan: String,
+        #[arg(long)]
+        psn: String,
+        #[arg(long)]
+        kek: String,
+    },
+    /// A Security Domain's static ENC/MAC/DEK from its KMC.
+    SdKeys {
+        #[arg(long, short = 't')]
+        tenant: String,
+        #[arg(long)]
+        kmc: String,
+        /// emv-cps11|kdf3
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        kdd: String,
+        #[arg(long)]
+        kek: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Concurrent callers for the N-caller rows.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::dispatch(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = output::exit_code(&e);
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
