@@ -74,6 +74,10 @@ user_pin_file="$dir/user.pin"
 so_pin_file="$dir/so.pin"
 mkdir -p -- "$tokens"
 
+# One setup at a time per DIR (two at once could make two tokens).
+exec 9>"$dir/.setup.lock"
+flock 9
+
 # --- SoftHSM2 config (rewritten only if it differs, e.g. after DIR moved) ---
 conf_text="# SoftHSM2 config for the KMS's project-local token; written by
 # softhsm-setup/setup-token.sh. Use it with SOFTHSM2_CONF=$conf

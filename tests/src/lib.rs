@@ -2,3 +2,7 @@
 pub mod token;
 pub mod reference;
 pub mod vectors;
+pub mod fixture;
+pub mod pg;
+pub mod scan;
+pub mod store_suite;

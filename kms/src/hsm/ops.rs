@@ -121,6 +121,22 @@ fn cmac_k1(l: &[u8; 16]) -> Zeroizing<[u8; 16]> {
 }
 
 impl Hsm {
+    /// E(zero block), first 3 bytes, computed by the token.
+    fn zero_block_kcv(
+        session: &Session,
+        h: ObjectHandle,
+        alg: crate::model::Algorithm,
+    ) -> Result<Vec<u8>, HsmError> {
+        let (mech, block) = match alg.family() {
+            KeyFamily::Tdes => (Mechanism::Des3Ecb, 8),
+            KeyFamily::Aes => (Mechanism::AesEcb, 16),
+            _ => return Err(HsmError::invalid("check values are for secret keys")),
+        };
+        let mut e = session.encrypt(&mech, h, &vec![0u8; block])?;
+        e.truncate(3);
+        Ok(e)
+    }
+
     fn wrapping_key(
         &self,
         session: &Session,
@@ -213,9 +229,11 @@ impl Hsm {
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
         let wk = self.wrapping_key(&session, kek, false)?;
-        let h = self.raw.derive(&session, b, how, &templates::secret_key(&spec, Trust::Normal, Creation::Derive))?;
+        let h = self
+            .raw
+            .derive(&session, b, how, &templates::derived_session_key(&spec))?;
         let result = (|| {
-            let kcv = Self::check_value(&session, h)?;
+            let kcv = Some(Self::zero_block_kcv(&session, h, spec.algorithm)?);
             let wrapped = session.wrap_key(&wrap_mechanism(alg), wk, h)?;
             Ok((wrapped, kcv))
         })();

@@ -109,6 +109,23 @@ pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, how: Creation) -> Vec<Att
     t
 }
 
+/// Template of a session key derived only to leave the token wrapped within
+/// the same call. It also gets CKA_ENCRYPT so that we can compute its check
+/// value as E(zero block): SoftHSM 2.6.1 fills CKA_CHECK_VALUE of keys made
+/// by C_DeriveKey with a value that is not E(zero block) of the derived key
+/// (measured against the EMV and CPS known answers). The object is destroyed
+/// before the call returns, and the only plaintext it ever encrypts is the
+/// zero block.
+pub(crate) fn derived_session_key(spec: &KeySpec) -> Vec<Attribute> {
+    let mut t = secret_key(spec, Trust::Normal, Creation::Derive);
+    for a in t.iter_mut() {
+        if let Attribute::Encrypt(e) = a {
+            *e = true;
+        }
+    }
+    t
+}
+
 /// Template of a short-lived helper key that exists only to derive another
 /// key inside the token (e.g. a 2-key TDES key, which SoftHSM cannot generate).
 pub(crate) fn derivation_scratch(object_id: ObjectId) -> Vec<Attribute> {

@@ -24,7 +24,7 @@ pub enum ServiceError {
     Component(#[from] ComponentError),
     #[error("HSM: {0}")]
     Hsm(HsmError),
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),

@@ -204,8 +204,10 @@ impl KeyService {
         verify_key_kcv(&key, alg, &req.expected_kcv)?;
         // What the token reports is the zero-block check value; compare it too,
         // so a template or token mistake cannot slip through.
-        let method = KcvMethod::preferred(alg.family())
-            .ok_or_else(|| ServiceError::Internal("no check value method".into()))?;
+        let method = match alg.family() {
+            crate::model::KeyFamily::Tdes => KcvMethod::Tdes,
+            _ => KcvMethod::AesEcb,
+        };
         let token_expect = key
             .kcv(method)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;

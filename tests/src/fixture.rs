@@ -1,0 +1,155 @@
+//! A whole KMS for a test: fresh token, fresh SQLite database, the shipped
+//! policy, and helpers to load known keys through the component path.
+
+use crate::token::TestToken;
+use kms::crypto::{Component, Kcv, KcvMethod};
+use kms::hsm::{Hsm, Role};
+use kms::model::{Algorithm, KeyName, KeyUsage, Tenant};
+use kms::policy::KeyPolicy;
+use kms::service::{Actor, CreateKey, ImportComponents, KeyService};
+use kms::store::{KeyRecord, Store};
+use std::sync::Arc;
+
+pub struct TestKms {
+    pub token: TestToken,
+    pub db_path: std::path::PathBuf,
+    svc: Option<KeyService>,
+}
+
+pub fn actor(name: &str) -> Actor {
+    Actor::parse(name).expect("actor")
+}
+
+pub fn tenant(s: &str) -> Tenant {
+    Tenant::parse(s).expect("tenant")
+}
+
+pub fn name(s: &str) -> KeyName {
+    KeyName::parse(s).expect("name")
+}
+
+pub fn create_req(t: &str, n: &str, alg: Algorithm, usage: KeyUsage, exportable: bool) -> CreateKey {
+    CreateKey {
+        tenant: tenant(t),
+        name: name(n),
+        algorithm: alg,
+        usage,
+        exportable,
+        activate: true,
+        trusted: false,
+    }
+}
+
+/// Two XOR components of `value` (the first random) and the whole key's KCV.
+pub fn split(value: &[u8], alg: Algorithm) -> (Vec<(Component, Option<Kcv>)>, Kcv) {
+    let c1: Vec<u8> = (0..value.len()).map(|_| rand_byte()).collect();
+    let c2: Vec<u8> = value.iter().zip(&c1).map(|(a, b)| a ^ b).collect();
+    let method = KcvMethod::preferred(alg.family()).expect("secret alg");
+    let kcv = method.compute(value).expect("kcv");
+    let comps = [c1, c2]
+        .iter()
+        .map(|c| {
+            let comp = Component::from_bytes(c, alg).expect("component");
+            let k = method.compute(c).expect("kcv");
+            (comp, Some(k))
+        })
+        .collect();
+    (comps, kcv)
+}
+
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(0);
+    (h.finish() & 0xff) as u8
+}
+
+impl TestKms {
+    pub async fn new() -> TestKms {
+        let token = TestToken::new();
+        let db_path = token.dir.path().join("kms.db");
+        let svc = Self::service(&token, &db_path, Role::User).await;
+        TestKms { token, db_path, svc: Some(svc) }
+    }
+
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.db_path.display())
+    }
+
+    pub async fn service(token: &TestToken, db: &std::path::Path, role: Role) -> KeyService {
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .expect("store");
+        let cfg = token.config(role);
+        let hsm = tokio::task::spawn_blocking(move || Hsm::open(&cfg))
+            .await
+            .expect("join")
+            .expect("open token");
+        KeyService::new(Arc::new(hsm), store, KeyPolicy::builtin())
+    }
+
+    /// Run `f` with the security officer's login (SoftHSM allows one login
+    /// kind per process at a time, so the user's service is closed first and
+    /// reopened after).
+    pub async fn as_security_officer<F, Fut, T>(&mut self, f: F) -> T
+    where
+        F: FnOnce(KeyService) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        drop(self.svc.take());
+        let so = Self::service(&self.token, &self.db_path, Role::SecurityOfficer).await;
+        let out = f(so).await;
+        self.svc = Some(Self::service(&self.token, &self.db_path, Role::User).await);
+        out
+    }
+
+    /// The user-login service.
+    pub fn svc(&self) -> &KeyService {
+        self.svc.as_ref().expect("service open")
+    }
+
+    /// Import a known key from two generated components.
+    pub async fn import(
+        &self,
+        t: &str,
+        n: &str,
+        alg: Algorithm,
+        usage: KeyUsage,
+        exportable: bool,
+        value: &[u8],
+    ) -> KeyRecord {
+        let (components, expected_kcv) = split(value, alg);
+        self.svc()
+            .import_components(
+                &actor("custodians"),
+                ImportComponents {
+                    key: create_req(t, n, alg, usage, exportable),
+                    components,
+                    expected_kcv,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("import {t}/{n}: {e}"))
+    }
+
+    /// A trusted transport KEK with a known value (so tests can unwrap in software).
+    pub async fn trusted_kek(&mut self, t: &str, n: &str, alg: Algorithm, value: &[u8]) -> KeyRecord {
+        let (components, expected_kcv) = split(value, alg);
+        let mut req = create_req(t, n, alg, KeyUsage::TransportKek, false);
+        req.trusted = true;
+        self.as_security_officer(|so| async move {
+            so.import_components(
+                &actor("security-officer"),
+                ImportComponents {
+                    key: req,
+                    components,
+                    expected_kcv,
+                },
+            )
+            .await
+            .expect("trusted KEK")
+        })
+        .await
+    }
+}
+
