@@ -1,1 +1,3 @@
-pub async fn run(_cli: &crate::cli::Cli, _b: &crate::cli::BenchArgs) -> anyhow::Result<()> { Ok(()) }
+pub async fn run(_cli: &crate::cli::Cli, _b: &crate::cli::BenchArgs) -> anyhow::Result<()> {
+    Ok(())
+}

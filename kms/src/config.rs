@@ -95,9 +95,10 @@ impl PinSource {
     /// Read the PIN into a zeroizing buffer.
     pub fn read(&self) -> Result<Zeroizing<String>, ConfigError> {
         let raw = match self {
-            PinSource::File(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|_| {
-                ConfigError::PinUnavailable(format!("file {}", p.display()))
-            })?),
+            PinSource::File(p) => Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|_| ConfigError::PinUnavailable(format!("file {}", p.display())))?,
+            ),
             PinSource::Env(v) => Zeroizing::new(
                 std::env::var(v).map_err(|_| ConfigError::PinUnavailable(format!("${v}")))?,
             ),
@@ -172,7 +173,13 @@ impl Config {
                 })?;
                 let base = p
                     .parent()
-                    .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+                    .map(|d| {
+                        if d.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            d
+                        }
+                    })
                     .unwrap_or(Path::new("."))
                     .to_owned();
                 (file, base)

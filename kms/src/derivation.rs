@@ -37,11 +37,14 @@ impl Kdd {
             value: s.chars().take(40).collect(),
             why: "not hex",
         })?;
-        v.as_slice().try_into().map(Kdd).map_err(|_| ParseError::Invalid {
-            what: "key diversification data",
-            value: s.chars().take(40).collect(),
-            why: "must be 10 bytes (20 hex digits)",
-        })
+        v.as_slice()
+            .try_into()
+            .map(Kdd)
+            .map_err(|_| ParseError::Invalid {
+                what: "key diversification data",
+                value: s.chars().take(40).collect(),
+                why: "must be 10 bytes (20 hex digits)",
+            })
     }
 }
 
@@ -157,7 +160,10 @@ mod tests {
     #[test]
     fn short_pan_is_left_padded() {
         let pan = Pan::parse("123456789012").unwrap();
-        assert_eq!(hex::encode_upper(&emv_option_a_data(&pan, 1)[..8]), "0012345678901201");
+        assert_eq!(
+            hex::encode_upper(&emv_option_a_data(&pan, 1)[..8]),
+            "0012345678901201"
+        );
     }
 
     #[test]
@@ -165,7 +171,7 @@ mod tests {
         let kdd = Kdd::parse_hex("026DF59C2E6C1456C05F").unwrap();
         assert_eq!(
             hex::encode_upper(kdf3_message(&kdd, SdKeyKind::Mac)),
-            "0100000002" .to_owned() + "00026DF59C2E6C1456C05F"
+            "0100000002".to_owned() + "00026DF59C2E6C1456C05F"
         );
     }
 

@@ -138,10 +138,13 @@ mod tests {
 
     #[test]
     fn invariant3_policy_cannot_disable_dual_control() {
-        let text = include_str!("../../policies/keys.toml").replace("approvals = 1", "approvals = 0");
+        let text =
+            include_str!("../../policies/keys.toml").replace("approvals = 1", "approvals = 0");
         assert!(KeyPolicy::parse(&text).is_err());
-        let text = include_str!("../../policies/keys.toml")
-            .replace("operations = [\"export\", \"destroy\", \"compromise\"]", "operations = []");
+        let text = include_str!("../../policies/keys.toml").replace(
+            "operations = [\"export\", \"destroy\", \"compromise\"]",
+            "operations = []",
+        );
         assert!(KeyPolicy::parse(&text).is_err());
     }
 }

@@ -28,7 +28,13 @@ pub fn name(s: &str) -> KeyName {
     KeyName::parse(s).expect("name")
 }
 
-pub fn create_req(t: &str, n: &str, alg: Algorithm, usage: KeyUsage, exportable: bool) -> CreateKey {
+pub fn create_req(
+    t: &str,
+    n: &str,
+    alg: Algorithm,
+    usage: KeyUsage,
+    exportable: bool,
+) -> CreateKey {
     CreateKey {
         tenant: tenant(t),
         name: name(n),
@@ -69,7 +75,11 @@ impl TestKms {
         let token = TestToken::new();
         let db_path = token.dir.path().join("kms.db");
         let svc = Self::service(&token, &db_path, Role::User).await;
-        TestKms { token, db_path, svc: Some(svc) }
+        TestKms {
+            token,
+            db_path,
+            svc: Some(svc),
+        }
     }
 
     pub fn db_url(&self) -> String {
@@ -103,6 +113,12 @@ impl TestKms {
         out
     }
 
+    /// Close the service and log out of the token (so a test can talk to
+    /// the token through raw PKCS#11).
+    pub fn close(&mut self) {
+        drop(self.svc.take());
+    }
+
     /// The user-login service.
     pub fn svc(&self) -> &KeyService {
         self.svc.as_ref().expect("service open")
@@ -133,7 +149,13 @@ impl TestKms {
     }
 
     /// A trusted transport KEK with a known value (so tests can unwrap in software).
-    pub async fn trusted_kek(&mut self, t: &str, n: &str, alg: Algorithm, value: &[u8]) -> KeyRecord {
+    pub async fn trusted_kek(
+        &mut self,
+        t: &str,
+        n: &str,
+        alg: Algorithm,
+        value: &[u8],
+    ) -> KeyRecord {
         let (components, expected_kcv) = split(value, alg);
         let mut req = create_req(t, n, alg, KeyUsage::TransportKek, false);
         req.trusted = true;
@@ -153,3 +175,46 @@ impl TestKms {
     }
 }
 
+/// Export through dual control: alice requests, bob approves, alice executes.
+pub async fn export_approved(
+    svc: &KeyService,
+    t: &str,
+    key: &str,
+    kek: &str,
+    wrap: Option<&str>,
+) -> Result<kms::service::ExportedKey, kms::service::ServiceError> {
+    let op = kms::service::Operation::Export {
+        tenant: t.into(),
+        key: key.into(),
+        version: None,
+        kek: kek.into(),
+        wrap: wrap.map(str::to_owned),
+    };
+    let req = svc.request(&actor("alice"), op).await?;
+    svc.approve(&actor("bob"), &req.id, &req.digest).await?;
+    match svc.execute(&actor("alice"), &req.id).await? {
+        kms::service::Executed::Exported(e) => Ok(e),
+        other => panic!("export returned {other:?}"),
+    }
+}
+
+/// Destroy through dual control.
+pub async fn destroy_approved(
+    svc: &KeyService,
+    t: &str,
+    key: &str,
+    version: u32,
+) -> Result<KeyRecord, kms::service::ServiceError> {
+    let op = kms::service::Operation::Destroy {
+        tenant: t.into(),
+        key: key.into(),
+        version,
+        reason: Some("test".into()),
+    };
+    let req = svc.request(&actor("alice"), op).await?;
+    svc.approve(&actor("bob"), &req.id, &req.digest).await?;
+    match svc.execute(&actor("alice"), &req.id).await? {
+        kms::service::Executed::Key(k) => Ok(k),
+        other => panic!("destroy returned {other:?}"),
+    }
+}

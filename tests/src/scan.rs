@@ -110,10 +110,11 @@ pub fn find_secrets_in_sqlite(path: &Path, forbidden: &[&[u8]]) -> Vec<String> {
 
 /// Values that look like key material although no secret is known: any blob,
 /// any run of 13 or more hex digits (a UUID's longest group has 12), any long
-/// mixed-case alphanumeric run (base64), except the two hex values the schema
-/// is meant to hold: `key_versions.object_id` (exactly 32 hex digits) and
-/// `key_versions.kcv` (at most 10). sqlx's own migration table is skipped:
-/// its checksums are hashes and its text is our schema.
+/// mixed-case alphanumeric run (base64), except the hex values the schema is
+/// meant to hold: `key_versions.object_id` (exactly 32 hex digits),
+/// `key_versions.kcv` (at most 10) and the approval digests (exactly 64).
+/// sqlx's own migration table is skipped: its checksums are hashes and its
+/// text is our schema.
 pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for cell in sqlite_cells(path) {
@@ -123,13 +124,25 @@ pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
         let text = String::from_utf8_lossy(&cell.bytes);
         let at = (cell.table.as_str(), cell.column.as_str());
         if cell.kind == "blob" {
-            found.push(format!("{}: a blob of {} bytes", cell.place(), cell.bytes.len()));
+            found.push(format!(
+                "{}: a blob of {} bytes",
+                cell.place(),
+                cell.bytes.len()
+            ));
             continue;
         }
         match at {
             ("key_versions", "object_id") => {
                 if !(text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())) {
                     found.push(format!("{}: not a 32-digit object id", cell.place()));
+                }
+                continue;
+            }
+            // SHA-256 of a dual-control request; shape alone cannot tell a
+            // hash from a key, which is what the exact search is for.
+            ("approval_requests" | "approvals", "digest") => {
+                if !(text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    found.push(format!("{}: not a SHA-256 digest", cell.place()));
                 }
                 continue;
             }
@@ -190,14 +203,13 @@ async fn read_cells(path: &Path) -> Result<Vec<Cell>, sqlx::Error> {
         .create_if_missing(false)
         .connect()
         .await?;
-    let tables: Vec<String> = sqlx::query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-    )
-    .fetch_all(&mut conn)
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let tables: Vec<String> =
+        sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
 
     let mut cells = Vec::new();
     for table in tables {
@@ -285,8 +297,7 @@ fn base64_like(s: &str) -> bool {
 }
 
 fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -326,6 +337,10 @@ mod tests {
     fn heuristics() {
         assert!(base64_like("q83vEjRWeJq83vEjRWeJqw"));
         assert!(!base64_like("issuer-a/kmc-2026 rotated by alice"));
-        assert_eq!(longest_run("6f1c2e4a-9b7d-4c3e-8f2a-1b2c3d4e5f60", |c| c.is_ascii_hexdigit()), 12);
+        assert_eq!(
+            longest_run("6f1c2e4a-9b7d-4c3e-8f2a-1b2c3d4e5f60", |c| c
+                .is_ascii_hexdigit()),
+            12
+        );
     }
 }

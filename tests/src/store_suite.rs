@@ -10,9 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kms::model::{Algorithm, KeyName, KeyState, KeyUsage, ObjectId, Tenant};
-use kms::store::{
-    KeyId, KeyRecord, NewKey, NewVersion, Presence, Store, StoreError, SYSTEM_ACTOR,
-};
+use kms::store::{KeyId, KeyRecord, NewKey, NewVersion, Presence, Store, StoreError, SYSTEM_ACTOR};
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -83,7 +81,11 @@ pub async fn lifecycle(store: &Store) {
         exportable: true,
     };
     let other = store
-        .create_key(&new_key("issuer-b", "kmc-2026"), &new_version(KeyState::Active), "x")
+        .create_key(
+            &new_key("issuer-b", "kmc-2026"),
+            &new_version(KeyState::Active),
+            "x",
+        )
         .await
         .unwrap();
     let t0 = other.created_at;
@@ -96,7 +98,10 @@ pub async fn lifecycle(store: &Store) {
     assert_eq!(find(store, "issuer-a", "kmc-2026").await, created);
     let id = created.id;
     let v = &created.versions[0];
-    assert_eq!((v.version, v.presence, v.state), (1, Presence::Pending, KeyState::Active));
+    assert_eq!(
+        (v.version, v.presence, v.state),
+        (1, Presence::Pending, KeyState::Active)
+    );
     assert_eq!(v.activate_at, v1.activate_at);
     assert_eq!(v.expire_at, v1.expire_at);
     assert!(created.created_at >= t0);
@@ -133,7 +138,10 @@ pub async fn lifecycle(store: &Store) {
         .await
         .unwrap();
     assert!(find(store, "issuer-a", "kmc-2026").await.versions[1].trusted);
-    store.set_trusted(&id, 2, false, "carol", None).await.unwrap();
+    store
+        .set_trusted(&id, 2, false, "carol", None)
+        .await
+        .unwrap();
     assert!(!find(store, "issuer-a", "kmc-2026").await.versions[1].trusted);
 
     store
@@ -155,8 +163,15 @@ pub async fn lifecycle(store: &Store) {
         .unwrap();
     let k = find(store, "issuer-a", "kmc-2026").await;
     let t = &k.versions[0];
-    assert_eq!((t.presence, t.state), (Presence::Tombstone, KeyState::Destroyed));
-    assert_eq!(t.kcv.as_deref(), Some("A1B2C3"), "a tombstone keeps its KCV");
+    assert_eq!(
+        (t.presence, t.state),
+        (Presence::Tombstone, KeyState::Destroyed)
+    );
+    assert_eq!(
+        t.kcv.as_deref(),
+        Some("A1B2C3"),
+        "a tombstone keeps its KCV"
+    );
     assert_eq!(k.current().map(|v| v.version), Some(2));
 
     // A version whose object never got created is forgotten.
@@ -172,8 +187,17 @@ pub async fn lifecycle(store: &Store) {
     assert_eq!(
         acts,
         [
-            "create", "rotate", "change", "change", "trust", "untrust", "export", "destroy",
-            "tombstone", "rotate", "abandon"
+            "create",
+            "rotate",
+            "change",
+            "change",
+            "trust",
+            "untrust",
+            "export",
+            "destroy",
+            "tombstone",
+            "rotate",
+            "abandon"
         ]
     );
     assert!(events.windows(2).all(|w| w[0].id < w[1].id));
@@ -189,7 +213,11 @@ pub async fn lifecycle(store: &Store) {
 
     // A key created and abandoned leaves nothing, and its name is free.
     let gone = store
-        .create_key(&new_key("issuer-a", "tmp"), &new_version(KeyState::Active), "bob")
+        .create_key(
+            &new_key("issuer-a", "tmp"),
+            &new_version(KeyState::Active),
+            "bob",
+        )
         .await
         .unwrap();
     store.abandon_pending(&gone.id, 1).await.unwrap();
@@ -200,15 +228,32 @@ pub async fn lifecycle(store: &Store) {
         .is_none());
     assert!(store.events(&gone.id).await.unwrap().is_empty());
     store
-        .create_key(&new_key("issuer-a", "tmp"), &new_version(KeyState::Active), "bob")
+        .create_key(
+            &new_key("issuer-a", "tmp"),
+            &new_version(KeyState::Active),
+            "bob",
+        )
         .await
         .unwrap();
 
     // Listing and the reconciliation view.
     let all = store.list_keys(None).await.unwrap();
-    let names: Vec<String> = all.iter().map(|k| format!("{}/{}", k.tenant, k.name)).collect();
-    assert_eq!(names, ["issuer-a/kmc-2026", "issuer-a/tmp", "issuer-b/kmc-2026"]);
-    assert_eq!(store.list_keys(Some(&tenant("issuer-b"))).await.unwrap().len(), 1);
+    let names: Vec<String> = all
+        .iter()
+        .map(|k| format!("{}/{}", k.tenant, k.name))
+        .collect();
+    assert_eq!(
+        names,
+        ["issuer-a/kmc-2026", "issuer-a/tmp", "issuer-b/kmc-2026"]
+    );
+    assert_eq!(
+        store
+            .list_keys(Some(&tenant("issuer-b")))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let versions = store.all_versions().await.unwrap();
     assert_eq!(versions.len(), 4);
     let presences: Vec<(String, u32, Presence)> = versions
@@ -271,7 +316,10 @@ pub async fn refusals(store: &Store) {
     assert!(matches!(e, StoreError::DuplicateObjectId(_)), "{e}");
 
     // Pending rows cannot be trusted, destroyed or confirmed twice.
-    let e = store.set_trusted(&id, 1, true, "a", None).await.unwrap_err();
+    let e = store
+        .set_trusted(&id, 1, true, "a", None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
     let e = store.mark_destroying(&id, 1, "a", None).await.unwrap_err();
     assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
@@ -299,7 +347,10 @@ pub async fn refusals(store: &Store) {
         other => panic!("expected a conflict, got {other}"),
     }
     assert_eq!(store.events(&id).await.unwrap().len(), before);
-    assert_eq!(find(store, "t", "k").await.versions[0].state, KeyState::Suspended);
+    assert_eq!(
+        find(store, "t", "k").await.versions[0].state,
+        KeyState::Suspended
+    );
 
     let e = change(store, &id, 1, KeyState::Suspended, KeyState::PreActivation)
         .await
@@ -313,9 +364,15 @@ pub async fn refusals(store: &Store) {
         .await
         .unwrap();
     store.mark_destroying(&id, 1, "a", None).await.unwrap();
-    let e = change(store, &id, 1, KeyState::Compromised, KeyState::DestroyedCompromised)
-        .await
-        .unwrap_err();
+    let e = change(
+        store,
+        &id,
+        1,
+        KeyState::Compromised,
+        KeyState::DestroyedCompromised,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(e, StoreError::Invalid { .. } | StoreError::Conflict { .. }),
         "{e}"
@@ -346,14 +403,20 @@ pub async fn refusals(store: &Store) {
         .add_version(&nobody, &new_version(KeyState::Active), "a", "rotate")
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::NotFound { version: None, .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::NotFound { version: None, .. }),
+        "{e}"
+    );
     for e in [
         store.confirm_version(&id, 9, "AB").await.unwrap_err(),
         store.abandon_pending(&id, 9).await.unwrap_err(),
         change(store, &id, 9, KeyState::Active, KeyState::Suspended)
             .await
             .unwrap_err(),
-        store.set_trusted(&id, 9, false, "a", None).await.unwrap_err(),
+        store
+            .set_trusted(&id, 9, false, "a", None)
+            .await
+            .unwrap_err(),
         store.mark_destroying(&id, 9, "a", None).await.unwrap_err(),
         store
             .mark_tombstone(&id, 9, KeyState::Destroyed)
@@ -377,12 +440,18 @@ pub async fn refusals(store: &Store) {
         .record_event(&id, None, "", "export", None)
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Invalid { what: "actor", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::Invalid { what: "actor", .. }),
+        "{e}"
+    );
     let e = store
         .record_event(&id, None, "a", "DROP TABLE", None)
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Invalid { what: "action", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::Invalid { what: "action", .. }),
+        "{e}"
+    );
 }
 
 /// Concurrent writers: compare-and-set has one winner, version numbers stay
@@ -484,7 +553,11 @@ pub async fn concurrency(store: &Store) {
 /// other's writes and stale views lose.
 pub async fn two_nodes(a: &Store, b: &Store) {
     let k = a
-        .create_key(&new_key("t", "shared"), &new_version(KeyState::Active), "node-a")
+        .create_key(
+            &new_key("t", "shared"),
+            &new_version(KeyState::Active),
+            "node-a",
+        )
         .await
         .unwrap();
     a.confirm_version(&k.id, 1, "010203").await.unwrap();
@@ -500,11 +573,21 @@ pub async fn two_nodes(a: &Store, b: &Store) {
         .unwrap_err();
     assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
     let v2 = b
-        .add_version(&k.id, &new_version(KeyState::PreActivation), "node-b", "rotate")
+        .add_version(
+            &k.id,
+            &new_version(KeyState::PreActivation),
+            "node-b",
+            "rotate",
+        )
         .await
         .unwrap();
     let v3 = a
-        .add_version(&k.id, &new_version(KeyState::PreActivation), "node-a", "rotate")
+        .add_version(
+            &k.id,
+            &new_version(KeyState::PreActivation),
+            "node-a",
+            "rotate",
+        )
         .await
         .unwrap();
     assert_eq!((v2.version, v3.version), (2, 3));
@@ -518,9 +601,14 @@ pub async fn two_nodes(a: &Store, b: &Store) {
 /// every kind, for the scans that look for key material.
 pub async fn fill_every_method(store: &Store) {
     let mut t0 = None;
-    for (i, usage) in [KeyUsage::Kek, KeyUsage::SdKmc, KeyUsage::ImkAc, KeyUsage::Data]
-        .into_iter()
-        .enumerate()
+    for (i, usage) in [
+        KeyUsage::Kek,
+        KeyUsage::SdKmc,
+        KeyUsage::ImkAc,
+        KeyUsage::Data,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let nk = NewKey {
             tenant: tenant(&format!("tenant-{}", i % 2)),
@@ -553,13 +641,23 @@ pub async fn fill_every_method(store: &Store) {
             .await
             .unwrap();
         store
-            .add_version(&k.id, &new_version(KeyState::PreActivation), "operator", "rotate")
+            .add_version(
+                &k.id,
+                &new_version(KeyState::PreActivation),
+                "operator",
+                "rotate",
+            )
             .await
             .unwrap();
         if i == 0 {
             // v2 stays pending; v3 is abandoned.
             store
-                .add_version(&k.id, &new_version(KeyState::PreActivation), "operator", "rotate")
+                .add_version(
+                    &k.id,
+                    &new_version(KeyState::PreActivation),
+                    "operator",
+                    "rotate",
+                )
                 .await
                 .unwrap();
             store.abandon_pending(&k.id, 3).await.unwrap();
@@ -572,7 +670,10 @@ pub async fn fill_every_method(store: &Store) {
         change(store, &k.id, 1, KeyState::Active, KeyState::Deactivated)
             .await
             .unwrap();
-        store.set_trusted(&k.id, 1, false, "operator", None).await.unwrap();
+        store
+            .set_trusted(&k.id, 1, false, "operator", None)
+            .await
+            .unwrap();
         store
             .mark_destroying(&k.id, 1, "operator", Some("rotated out"))
             .await
@@ -586,7 +687,11 @@ pub async fn fill_every_method(store: &Store) {
             .unwrap();
     }
     let abandoned = store
-        .create_key(&new_key("tenant-0", "never"), &new_version(KeyState::Active), "x")
+        .create_key(
+            &new_key("tenant-0", "never"),
+            &new_version(KeyState::Active),
+            "x",
+        )
         .await
         .unwrap();
     store.abandon_pending(&abandoned.id, 1).await.unwrap();

@@ -53,11 +53,28 @@ impl TestToken {
         let so_pin = format!("{:08}", rand_u32() % 100_000_000);
         let st = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", LABEL, "--pin", &user_pin, "--so-pin", &so_pin])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                LABEL,
+                "--pin",
+                &user_pin,
+                "--so-pin",
+                &so_pin,
+            ])
             .output()
             .expect("softhsm2-util (install softhsm2)");
-        assert!(st.status.success(), "init-token: {}", String::from_utf8_lossy(&st.stderr));
-        TestToken { dir, user_pin, so_pin }
+        assert!(
+            st.status.success(),
+            "init-token: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        TestToken {
+            dir,
+            user_pin,
+            so_pin,
+        }
     }
 
     pub fn conf(&self) -> PathBuf {
@@ -85,6 +102,11 @@ impl TestToken {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }

@@ -15,7 +15,8 @@ const TRANSPORT: [u8; 16] = [
 ];
 
 fn unwrap_hex(wrapped: &str) -> Vec<u8> {
-    aes_key_unwrap_pad(&TRANSPORT, &hex::decode(wrapped).unwrap()).expect("unwraps under the transport KEK")
+    aes_key_unwrap_pad(&TRANSPORT, &hex::decode(wrapped).unwrap())
+        .expect("unwraps under the transport KEK")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,14 +66,16 @@ async fn km1_kcv_known_answers_through_component_import() {
 async fn km2_sd_diversification_in_token_matches_known_answers() {
     let v = KnownAnswers::load().unwrap();
     let mut kms = TestKms::new().await;
-    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT).await;
+    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT)
+        .await;
     for (i, d) in v.sd_diversification.iter().enumerate() {
         let (alg, method) = match d.method {
             SdMethod::EmvCps11 => (Algorithm::Tdes2, SdDiversification::EmvCps11),
             SdMethod::Kdf3 => (Algorithm::Aes128, SdDiversification::Kdf3),
         };
         let kmc = format!("kmc{i}");
-        kms.import("issuer-a", &kmc, alg, KeyUsage::SdKmc, false, &d.kmc).await;
+        kms.import("issuer-a", &kmc, alg, KeyUsage::SdKmc, false, &d.kmc)
+            .await;
         let keys = kms
             .svc()
             .sd_static_keys(
@@ -95,7 +98,12 @@ async fn km2_sd_diversification_in_token_matches_known_answers() {
                 SdMethod::EmvCps11 => hex::encode_upper(kms::crypto::tdes_kcv(want).unwrap()),
                 SdMethod::Kdf3 => hex::encode_upper(kms::crypto::aes_kcv(want).unwrap()),
             };
-            assert_eq!(got.kcv.as_deref(), Some(soft.as_str()), "{i} {} kcv", got.kind);
+            assert_eq!(
+                got.kcv.as_deref(),
+                Some(soft.as_str()),
+                "{i} {} kcv",
+                got.kind
+            );
         }
     }
 }
@@ -104,10 +112,19 @@ async fn km2_sd_diversification_in_token_matches_known_answers() {
 async fn km2_emv_option_a_in_token_matches_known_answers() {
     let v = KnownAnswers::load().unwrap();
     let mut kms = TestKms::new().await;
-    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT).await;
+    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT)
+        .await;
     for (i, e) in v.emv_option_a.iter().enumerate() {
         let imk = format!("imk-ac-{i}");
-        kms.import("issuer-a", &imk, Algorithm::Tdes2, KeyUsage::ImkAc, false, &e.imk).await;
+        kms.import(
+            "issuer-a",
+            &imk,
+            Algorithm::Tdes2,
+            KeyUsage::ImkAc,
+            false,
+            &e.imk,
+        )
+        .await;
         let out = kms
             .svc()
             .emv_card_key(
@@ -120,7 +137,10 @@ async fn km2_emv_option_a_in_token_matches_known_answers() {
             .await
             .unwrap();
         assert_eq!(unwrap_hex(&out.wrapped), e.icc_mk.to_vec(), "vector {i}");
-        assert_eq!(out.kcv.as_deref().map(hex::decode).unwrap().unwrap(), e.kcv_tdes.to_vec());
+        assert_eq!(
+            out.kcv.as_deref().map(hex::decode).unwrap().unwrap(),
+            e.kcv_tdes.to_vec()
+        );
     }
 }
 
@@ -130,9 +150,11 @@ async fn km2_aes_key_wrap_known_answers_through_dual_control_export() {
     for (i, w) in v.aes_key_wrap.iter().enumerate() {
         let mut kms = TestKms::new().await;
         let alg = Algorithm::secret(kms::model::KeyFamily::Aes, w.kek.len()).unwrap();
-        kms.trusted_kek("issuer-a", "partner-kek", alg, &w.kek).await;
+        kms.trusted_kek("issuer-a", "partner-kek", alg, &w.kek)
+            .await;
         let kalg = Algorithm::secret(kms::model::KeyFamily::Aes, w.key.len()).unwrap();
-        kms.import("issuer-a", "payload", kalg, KeyUsage::Data, true, &w.key).await;
+        kms.import("issuer-a", "payload", kalg, KeyUsage::Data, true, &w.key)
+            .await;
         for (wrap, want) in [("aes-kw", &w.rfc3394), ("aes-kwp", &w.rfc5649)] {
             let op = Operation::Export {
                 tenant: "issuer-a".into(),
@@ -143,8 +165,11 @@ async fn km2_aes_key_wrap_known_answers_through_dual_control_export() {
             };
             let svc = kms.svc();
             let req = svc.request(&actor("alice"), op).await.unwrap();
-            svc.approve(&actor("bob"), &req.id, &req.digest).await.unwrap();
-            let Executed::Exported(out) = svc.execute(&actor("alice"), &req.id).await.unwrap() else {
+            svc.approve(&actor("bob"), &req.id, &req.digest)
+                .await
+                .unwrap();
+            let Executed::Exported(out) = svc.execute(&actor("alice"), &req.id).await.unwrap()
+            else {
                 panic!("export returns the wrapped key")
             };
             assert_eq!(out.wrapped, hex::encode_upper(want), "vector {i} {wrap}");

@@ -79,7 +79,10 @@ async fn status(cli: &Cli) -> Result<()> {
             report.objects_on_token
         );
         for f in &report.findings {
-            s.push_str(&format!("  {}\n", serde_json::to_string(f).unwrap_or_default()));
+            s.push_str(&format!(
+                "  {}\n",
+                serde_json::to_string(f).unwrap_or_default()
+            ));
         }
         s.push_str(if problems == 0 {
             "consistent"
@@ -140,10 +143,18 @@ fn read_components(n: usize, alg: Algorithm, stdin: bool) -> Result<Vec<(Compone
         let comp = Component::parse_hex(parts.next().unwrap_or_default(), alg)
             .with_context(|| format!("component {i}"))?;
         let kcv = match parts.next() {
-            Some(k) => Some(Kcv::parse_hex(k.trim()).with_context(|| format!("component {i} check value"))?),
+            Some(k) => Some(
+                Kcv::parse_hex(k.trim()).with_context(|| format!("component {i} check value"))?,
+            ),
             None if !stdin => {
-                let k = rpassword::prompt_password(format!("Custodian {i}: check value of component {i}: "))?;
-                if k.trim().is_empty() { None } else { Some(Kcv::parse_hex(k.trim())?) }
+                let k = rpassword::prompt_password(format!(
+                    "Custodian {i}: check value of component {i}: "
+                ))?;
+                if k.trim().is_empty() {
+                    None
+                } else {
+                    Some(Kcv::parse_hex(k.trim())?)
+                }
             }
             None => None,
         };
@@ -167,7 +178,11 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             trusted,
         } => {
             let req = create_request(id, alg, usage, *exportable, !pre_activation, *trusted)?;
-            let role = if *trusted { Role::SecurityOfficer } else { Role::User };
+            let role = if *trusted {
+                Role::SecurityOfficer
+            } else {
+                Role::User
+            };
             let svc = service(cli, role).await?;
             let rec = svc.create(&who, req).await?;
             print(cli.json, &rec, || key_detail(&rec));
@@ -185,7 +200,11 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             let req = create_request(id, alg, usage, *exportable, true, *trusted)?;
             let expected_kcv = Kcv::parse_hex(kcv).context("--kcv")?;
             let comps = read_components(*components, req.algorithm, *stdin)?;
-            let role = if *trusted { Role::SecurityOfficer } else { Role::User };
+            let role = if *trusted {
+                Role::SecurityOfficer
+            } else {
+                Role::User
+            };
             let svc = service(cli, role).await?;
             let rec = svc
                 .import_components(
@@ -219,9 +238,14 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                         "  {} {:<10} v{} by {}{}\n",
                         e.at,
                         e.action,
-                        e.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        e.version
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         e.actor,
-                        e.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        e.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
                     ));
                 }
                 s
@@ -318,7 +342,13 @@ async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
              Approvers confirm this digest:\n  {}\n\
              then: kms request approve {} --digest <digest>   (as another person)\n\
              and:  kms request execute {}                      (as {})",
-            req.id, req.requested_by, req.approvals_needed, req.digest, req.id, req.id, req.requested_by
+            req.id,
+            req.requested_by,
+            req.approvals_needed,
+            req.digest,
+            req.id,
+            req.id,
+            req.requested_by
         )
     });
     Ok(())
@@ -348,7 +378,11 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
         RequestCommand::Approve { id, digest } => {
             let r = svc.approve(&who, id, digest).await?;
             print(cli.json, &r, || {
-                format!("approved by {who}; {}/{} approvals", r.approvers.len(), r.approvals_needed)
+                format!(
+                    "approved by {who}; {}/{} approvals",
+                    r.approvers.len(),
+                    r.approvals_needed
+                )
             });
         }
         RequestCommand::Execute { id } => {
@@ -393,7 +427,13 @@ async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
                 )
                 .await?;
             print(cli.json, &out, || {
-                format!("{} for {}: kcv {} wrapped {}", out.kind, pan.masked(), out.kcv.clone().unwrap_or_default(), out.wrapped)
+                format!(
+                    "{} for {}: kcv {} wrapped {}",
+                    out.kind,
+                    pan.masked(),
+                    out.kcv.clone().unwrap_or_default(),
+                    out.wrapped
+                )
             });
         }
         DeriveCommand::SdKeys {
@@ -414,7 +454,14 @@ async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
                 .await?;
             print(cli.json, &out, || {
                 out.iter()
-                    .map(|k| format!("{:<4} kcv {} wrapped {}", k.kind, k.kcv.clone().unwrap_or_default(), k.wrapped))
+                    .map(|k| {
+                        format!(
+                            "{:<4} kcv {} wrapped {}",
+                            k.kind,
+                            k.kcv.clone().unwrap_or_default(),
+                            k.wrapped
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "kms", version, about = "HSM-backed key management for OTA card provisioning")]
+#[command(
+    name = "kms",
+    version,
+    about = "HSM-backed key management for OTA card provisioning"
+)]
 pub struct Cli {
     /// Configuration file (default: $KMS_CONFIG, then ./kms.toml).
     #[arg(long, global = true, env = "KMS_CONFIG")]
@@ -229,7 +233,10 @@ pub fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

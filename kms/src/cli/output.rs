@@ -37,9 +37,11 @@ pub fn key_line(k: &KeyRecord) -> String {
         format!("{}/{}", k.tenant, k.name),
         k.algorithm.as_str(),
         k.usage.as_str(),
-        cur.map(|v| format!("v{}", v.version)).unwrap_or_else(|| "-".into()),
+        cur.map(|v| format!("v{}", v.version))
+            .unwrap_or_else(|| "-".into()),
         cur.map(|v| v.state.as_str()).unwrap_or("destroyed"),
-        cur.and_then(|v| v.kcv.clone()).unwrap_or_else(|| "-".into()),
+        cur.and_then(|v| v.kcv.clone())
+            .unwrap_or_else(|| "-".into()),
         if k.exportable { "exportable" } else { "" }
     )
 }
@@ -57,7 +59,9 @@ pub fn key_detail(k: &KeyRecord) -> String {
             v.presence.as_str(),
             v.kcv.as_deref().unwrap_or("-"),
             v.object_id,
-            v.expire_at.map(|e| format!(" expires {e}")).unwrap_or_default(),
+            v.expire_at
+                .map(|e| format!(" expires {e}"))
+                .unwrap_or_default(),
             if v.trusted { " trusted" } else { "" }
         ));
     }

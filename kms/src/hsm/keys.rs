@@ -1,7 +1,7 @@
 //! Key objects: generate, create from a clear value, find, inspect, destroy.
 
 use super::templates::{self, Creation, KeySpec, Trust};
-use super::{Hsm, HsmError, KeyRef, DeriveAlg};
+use super::{DeriveAlg, Hsm, HsmError, KeyRef};
 use crate::model::{Algorithm, KeyFamily, ObjectId};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -97,8 +97,10 @@ impl Hsm {
                 return Ok(*h);
             }
         }
-        let found =
-            session.find_objects(&[Attribute::Id(id.as_bytes().to_vec()), Attribute::Class(class)])?;
+        let found = session.find_objects(&[
+            Attribute::Id(id.as_bytes().to_vec()),
+            Attribute::Class(class),
+        ])?;
         match found.as_slice() {
             [] => Err(HsmError::ObjectNotFound(id)),
             [h] => {
@@ -133,16 +135,22 @@ impl Hsm {
         let session = self.session()?;
         match spec.algorithm.family() {
             KeyFamily::Aes | KeyFamily::Tdes => {
-                let h = match spec.algorithm {
-                    Algorithm::Tdes2 => self.generate_tdes2(&session, spec, trust)?,
-                    Algorithm::Tdes3 => session
-                        .generate_key(&Mechanism::Des3KeyGen, &templates::secret_key(spec, trust, Creation::Generate))?,
-                    _ => session
-                        .generate_key(&Mechanism::AesKeyGen, &templates::secret_key(spec, trust, Creation::Generate))?,
+                let kcv = match spec.algorithm {
+                    Algorithm::Tdes2 => self.generate_tdes2(&session, spec, trust)?.1,
+                    Algorithm::Tdes3 => {
+                        let t = templates::secret_key(spec, trust, Creation::Generate);
+                        let h = session.generate_key(&Mechanism::Des3KeyGen, &t)?;
+                        Self::check_value(&session, h)?.unwrap_or_default()
+                    }
+                    _ => {
+                        let t = templates::secret_key(spec, trust, Creation::Generate);
+                        let h = session.generate_key(&Mechanism::AesKeyGen, &t)?;
+                        Self::check_value(&session, h)?.unwrap_or_default()
+                    }
                 };
                 Ok(CreatedKey {
                     object_id: spec.object_id,
-                    kcv: Self::check_value(&session, h)?,
+                    kcv: Some(kcv),
                     public_key: None,
                 })
             }
@@ -186,25 +194,32 @@ impl Hsm {
     /// SoftHSM has no CKM_DES2_KEY_GEN. Rather than let random bytes pass
     /// through host memory, derive the key from a throw-away AES key with
     /// token randomness as data: the value never exists outside the token.
+    /// Its check value comes from a twin (see `templates::kcv_twin`).
     fn generate_tdes2(
         &self,
         session: &Session,
         spec: &KeySpec,
         trust: Trust,
-    ) -> Result<ObjectHandle, HsmError> {
+    ) -> Result<(ObjectHandle, Vec<u8>), HsmError> {
         let scratch = session.generate_key(
             &Mechanism::AesKeyGen,
             &templates::derivation_scratch(ObjectId::random()),
         )?;
-        let data = session.generate_random_vec(16)?;
-        let derived = self.raw.derive(
-            session,
-            scratch,
-            &DeriveAlg::AesEcb(data),
-            &templates::secret_key(spec, trust, Creation::Derive),
-        );
+        let how = DeriveAlg::AesEcb(session.generate_random_vec(16)?);
+        let made = Self::twin_kcv(session, spec, Creation::Derive, |t| {
+            self.raw.derive(session, scratch, &how, t)
+        })
+        .and_then(|kcv| {
+            let h = self.raw.derive(
+                session,
+                scratch,
+                &how,
+                &templates::secret_key(spec, trust, Creation::Derive),
+            )?;
+            Ok((h, kcv))
+        });
         session.destroy_object(scratch)?;
-        derived
+        made
     }
 
     /// Create a secret key from a clear value that is already in host memory
@@ -277,7 +292,11 @@ impl Hsm {
         for h in session.find_objects(&[Attribute::Token(true)])? {
             let attrs = session.get_attributes(
                 h,
-                &[AttributeType::Id, AttributeType::Class, AttributeType::Label],
+                &[
+                    AttributeType::Id,
+                    AttributeType::Class,
+                    AttributeType::Label,
+                ],
             )?;
             let mut obj = TokenObject {
                 object_id: None,

@@ -120,7 +120,11 @@ impl Hsm {
         };
         let pin = AuthPin::from(cfg.pin.as_str());
         match first.login(user, Some(&pin)) {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
             Err(e) => return Err(e.into()),
         }
         Ok(Hsm {

@@ -121,8 +121,25 @@ fn cmac_k1(l: &[u8; 16]) -> Zeroizing<[u8; 16]> {
 }
 
 impl Hsm {
+    /// The check value of a key about to be made by `make` (derive or
+    /// unwrap), learnt from a throw-away twin made the same way.
+    pub(crate) fn twin_kcv<F>(
+        session: &Session,
+        spec: &KeySpec,
+        how: Creation,
+        make: F,
+    ) -> Result<Vec<u8>, HsmError>
+    where
+        F: Fn(&[cryptoki::object::Attribute]) -> Result<ObjectHandle, HsmError>,
+    {
+        let twin = make(&templates::kcv_twin(spec, how))?;
+        let kcv = Self::zero_block_kcv(session, twin, spec.algorithm);
+        session.destroy_object(twin)?;
+        kcv
+    }
+
     /// E(zero block), first 3 bytes, computed by the token.
-    fn zero_block_kcv(
+    pub(crate) fn zero_block_kcv(
         session: &Session,
         h: ObjectHandle,
         alg: crate::model::Algorithm,
@@ -180,11 +197,15 @@ impl Hsm {
         }
         let session = self.session()?;
         let uk = self.wrapping_key(&session, kek, true)?;
+        let mech = wrap_mechanism(alg);
+        let kcv = Self::twin_kcv(&session, spec, Creation::Unwrap, |t| {
+            Ok(session.unwrap_key(&mech, uk, wrapped, t)?)
+        })?;
         let template = templates::secret_key(spec, trust, Creation::Unwrap);
-        let h = session.unwrap_key(&wrap_mechanism(alg), uk, wrapped, &template)?;
+        session.unwrap_key(&mech, uk, wrapped, &template)?;
         Ok(CreatedKey {
             object_id: spec.object_id,
-            kcv: Self::check_value(&session, h)?,
+            kcv: Some(kcv),
             public_key: None,
         })
     }
@@ -203,10 +224,18 @@ impl Hsm {
         }
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
-        let h = self.raw.derive(&session, b, how, &templates::secret_key(spec, Trust::Normal, Creation::Derive))?;
+        let kcv = Self::twin_kcv(&session, spec, Creation::Derive, |t| {
+            self.raw.derive(&session, b, how, t)
+        })?;
+        self.raw.derive(
+            &session,
+            b,
+            how,
+            &templates::secret_key(spec, Trust::Normal, Creation::Derive),
+        )?;
         Ok(CreatedKey {
             object_id: spec.object_id,
-            kcv: Self::check_value(&session, h)?,
+            kcv: Some(kcv),
             public_key: None,
         })
     }
@@ -229,11 +258,17 @@ impl Hsm {
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
         let wk = self.wrapping_key(&session, kek, false)?;
-        let h = self
-            .raw
-            .derive(&session, b, how, &templates::derived_session_key(&spec))?;
+        let kcv = Self::twin_kcv(&session, &spec, Creation::Derive, |t| {
+            self.raw.derive(&session, b, how, t)
+        })?;
+        let h = self.raw.derive(
+            &session,
+            b,
+            how,
+            &templates::secret_key(&spec, Trust::Normal, Creation::Derive),
+        )?;
         let result = (|| {
-            let kcv = Some(Self::zero_block_kcv(&session, h, spec.algorithm)?);
+            let kcv = Some(kcv);
             let wrapped = session.wrap_key(&wrap_mechanism(alg), wk, h)?;
             Ok((wrapped, kcv))
         })();

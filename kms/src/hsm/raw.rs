@@ -14,9 +14,10 @@ use super::error::{from_raw_rv, HsmError};
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{
-    CK_AES_CBC_ENCRYPT_DATA_PARAMS, CKM_AES_CBC_ENCRYPT_DATA, CK_ATTRIBUTE, CK_DES_CBC_ENCRYPT_DATA_PARAMS, CK_FUNCTION_LIST_PTR, CK_KEY_DERIVATION_STRING_DATA,
-    CK_MECHANISM, CK_OBJECT_HANDLE, CK_RV, CK_ULONG, CKM_AES_ECB_ENCRYPT_DATA,
-    CKM_DES3_CBC_ENCRYPT_DATA, CKM_DES3_ECB_ENCRYPT_DATA, CKR_OK,
+    CKM_AES_CBC_ENCRYPT_DATA, CKM_AES_ECB_ENCRYPT_DATA, CKM_DES3_CBC_ENCRYPT_DATA,
+    CKM_DES3_ECB_ENCRYPT_DATA, CKR_OK, CK_AES_CBC_ENCRYPT_DATA_PARAMS, CK_ATTRIBUTE,
+    CK_DES_CBC_ENCRYPT_DATA_PARAMS, CK_FUNCTION_LIST_PTR, CK_KEY_DERIVATION_STRING_DATA,
+    CK_MECHANISM, CK_OBJECT_HANDLE, CK_RV, CK_ULONG,
 };
 use std::ffi::c_void;
 
@@ -56,7 +57,8 @@ impl RawModule {
         };
         // SAFETY: loading a PKCS#11 module that cryptoki has already loaded
         // and initialized from the same path; its initializers have run.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| module_err(e.to_string()))?;
+        let lib =
+            unsafe { libloading::Library::new(path) }.map_err(|e| module_err(e.to_string()))?;
         let mut functions: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
         // SAFETY: C_GetFunctionList has this signature in every PKCS#11
         // module, and writes one pointer to the out-parameter.
@@ -152,10 +154,12 @@ impl RawModule {
         // objects of the same module, and the session is used by this thread
         // alone (the pool hands it out exclusively).
         let rv = unsafe {
-            let derive = (*self.functions).C_DeriveKey.ok_or_else(|| HsmError::Module {
-                path: String::new(),
-                detail: "module has no C_DeriveKey".into(),
-            })?;
+            let derive = (*self.functions)
+                .C_DeriveKey
+                .ok_or_else(|| HsmError::Module {
+                    path: String::new(),
+                    detail: "module has no C_DeriveKey".into(),
+                })?;
             derive(
                 session.handle(),
                 &mut mechanism,

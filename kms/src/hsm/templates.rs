@@ -22,7 +22,8 @@ use crate::model::{Algorithm, Capabilities, KeyFamily, KeyUsage, ObjectId};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
 /// DER of the P-256 curve OID (1.2.840.10045.3.1.7), for CKA_EC_PARAMS.
-pub(crate) const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+pub(crate) const P256_PARAMS: [u8; 10] =
+    [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
 
 /// What the caller wants to create; the template follows from it.
 #[derive(Debug, Clone)]
@@ -109,18 +110,31 @@ pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, how: Creation) -> Vec<Att
     t
 }
 
-/// Template of a session key derived only to leave the token wrapped within
-/// the same call. It also gets CKA_ENCRYPT so that we can compute its check
-/// value as E(zero block): SoftHSM 2.6.1 fills CKA_CHECK_VALUE of keys made
-/// by C_DeriveKey with a value that is not E(zero block) of the derived key
-/// (measured against the EMV and CPS known answers). The object is destroyed
-/// before the call returns, and the only plaintext it ever encrypts is the
-/// zero block.
-pub(crate) fn derived_session_key(spec: &KeySpec) -> Vec<Attribute> {
-    let mut t = secret_key(spec, Trust::Normal, Creation::Derive);
+/// Template of a "twin": a session copy of a key being derived or unwrapped,
+/// made only to learn the key's check value. SoftHSM 2.6.1 leaves
+/// CKA_CHECK_VALUE empty on unwrapped keys and fills a wrong one on derived
+/// keys (measured), and the real key may not have CKA_ENCRYPT. The twin can
+/// only encrypt, is not extractable, and is destroyed right after it
+/// encrypted the zero block.
+pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation) -> Vec<Attribute> {
+    let twin = KeySpec {
+        exportable: false,
+        persistent: false,
+        object_id: ObjectId::random(),
+        label: "kcv".into(),
+        ..spec.clone()
+    };
+    let mut t = secret_key(&twin, Trust::Normal, how);
     for a in t.iter_mut() {
-        if let Attribute::Encrypt(e) = a {
-            *e = true;
+        match a {
+            Attribute::Encrypt(e) => *e = true,
+            Attribute::Decrypt(b)
+            | Attribute::Wrap(b)
+            | Attribute::Unwrap(b)
+            | Attribute::Derive(b)
+            | Attribute::Sign(b)
+            | Attribute::Verify(b) => *b = false,
+            _ => {}
         }
     }
     t
@@ -215,7 +229,10 @@ mod tests {
     #[test]
     fn every_secret_template_is_sensitive_and_wrap_with_trusted() {
         for u in KeyUsage::ALL {
-            for a in Algorithm::ALL.into_iter().filter(|a| a.is_secret() && u.allows(*a)) {
+            for a in Algorithm::ALL
+                .into_iter()
+                .filter(|a| a.is_secret() && u.allows(*a))
+            {
                 for exportable in [false, true] {
                     let t = secret_key(&spec(a, u, exportable), Trust::Normal, Creation::Derive);
                     let sens = flag(&t, |x| match x {

@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(Suspended.apply(Transition::Reactivate), Ok(Active));
         assert_eq!(Active.apply(Transition::Deactivate), Ok(Deactivated));
         assert_eq!(Deactivated.apply(Transition::Compromise), Ok(Compromised));
-        assert_eq!(Destroyed.apply(Transition::Compromise), Ok(DestroyedCompromised));
+        assert_eq!(
+            Destroyed.apply(Transition::Compromise),
+            Ok(DestroyedCompromised)
+        );
         assert_eq!(Deactivated.destroyed(), Ok(Destroyed));
         assert_eq!(Compromised.destroyed(), Ok(DestroyedCompromised));
     }
@@ -201,7 +204,10 @@ mod tests {
         assert!(Active.apply(Transition::Reactivate).is_err());
         assert!(Compromised.apply(Transition::Reactivate).is_err());
         assert!(Destroyed.apply(Transition::Activate).is_err());
-        assert!(Active.destroyed().is_err(), "an active key must be deactivated first");
+        assert!(
+            Active.destroyed().is_err(),
+            "an active key must be deactivated first"
+        );
         assert!(DestroyedCompromised.apply(Transition::Compromise).is_err());
     }
 

@@ -57,13 +57,19 @@ impl Operation {
     }
 
     pub fn digest(&self) -> Result<String, ServiceError> {
-        Ok(hex::encode_upper(Sha256::digest(self.canonical()?.as_bytes())))
+        Ok(hex::encode_upper(Sha256::digest(
+            self.canonical()?.as_bytes(),
+        )))
     }
 
     fn validate(&self) -> Result<(), ServiceError> {
         match self {
             Operation::Export {
-                tenant, key, kek, wrap, ..
+                tenant,
+                key,
+                kek,
+                wrap,
+                ..
             } => {
                 Tenant::parse(tenant)?;
                 KeyName::parse(key)?;
@@ -150,7 +156,11 @@ impl KeyService {
     }
 
     /// Ask for a sensitive operation. Nothing happens to any key yet.
-    pub async fn request(&self, actor: &Actor, op: Operation) -> Result<ApprovalRequest, ServiceError> {
+    pub async fn request(
+        &self,
+        actor: &Actor,
+        op: Operation,
+    ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
         let (Operation::Export { tenant, key, .. }
         | Operation::Destroy { tenant, key, .. }
@@ -211,7 +221,10 @@ impl KeyService {
             )));
         }
         if req.expires_at <= OffsetDateTime::now_utc() {
-            return Err(ServiceError::Refused(format!("request {} has expired", req.id)));
+            return Err(ServiceError::Refused(format!(
+                "request {} has expired",
+                req.id
+            )));
         }
         Ok(())
     }
@@ -240,7 +253,9 @@ impl KeyService {
         // Close first: a request can only ever run once, even if two
         // executions race.
         if !self.store.close_approval_request(id, "executed").await? {
-            return Err(ServiceError::Refused(format!("request {id} is no longer open")));
+            return Err(ServiceError::Refused(format!(
+                "request {id} is no longer open"
+            )));
         }
         let why = format!("request {id} approved by {}", req.approvers.join(", "));
         match req.operation {

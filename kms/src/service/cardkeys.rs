@@ -80,7 +80,10 @@ impl KeyService {
         kek: &KeyName,
     ) -> Result<WrappedKey, ServiceError> {
         let (rec, _, base) = self.usable_for_protect(tenant, imk).await?;
-        if !matches!(rec.usage, KeyUsage::ImkAc | KeyUsage::ImkSmi | KeyUsage::ImkSmc) {
+        if !matches!(
+            rec.usage,
+            KeyUsage::ImkAc | KeyUsage::ImkSmi | KeyUsage::ImkSmc
+        ) {
             return Err(ServiceError::Invalid(format!(
                 "{tenant}/{imk} is a {} key, not an issuer master key",
                 rec.usage

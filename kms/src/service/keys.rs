@@ -157,7 +157,13 @@ impl KeyService {
                     .await?;
                 if req.trusted {
                     self.store
-                        .set_trusted(&rec.id, 1, true, actor.as_str(), Some("created trusted by the security officer"))
+                        .set_trusted(
+                            &rec.id,
+                            1,
+                            true,
+                            actor.as_str(),
+                            Some("created trusted by the security officer"),
+                        )
                         .await?;
                 }
                 self.get(&req.tenant, &req.name).await
@@ -188,14 +194,15 @@ impl KeyService {
     ) -> Result<KeyRecord, ServiceError> {
         let alg = req.key.algorithm;
         if !alg.is_secret() {
-            return Err(ServiceError::Invalid("only AES and TDES keys are entered as components".into()));
+            return Err(ServiceError::Invalid(
+                "only AES and TDES keys are entered as components".into(),
+            ));
         }
         let mut parts = Vec::with_capacity(req.components.len());
         for (i, (c, kcv)) in req.components.into_iter().enumerate() {
             if let Some(kcv) = kcv {
-                verify_component_kcv(&c, alg, &kcv).map_err(|e| {
-                    ServiceError::Invalid(format!("component {}: {e}", i + 1))
-                })?;
+                verify_component_kcv(&c, alg, &kcv)
+                    .map_err(|e| ServiceError::Invalid(format!("component {}: {e}", i + 1)))?;
             }
             parts.push(c);
         }
@@ -249,12 +256,27 @@ impl KeyService {
             Some(n) => rec.version(n),
             None => rec.current(),
         };
+        if v.is_none()
+            && version.is_none()
+            && !rec.versions.is_empty()
+            && rec
+                .versions
+                .iter()
+                .all(|v| v.presence == Presence::Tombstone)
+        {
+            return Err(ServiceError::Refused(format!(
+                "{}/{} is destroyed (every version)",
+                rec.tenant, rec.name
+            )));
+        }
         v.cloned().ok_or_else(|| {
             ServiceError::NotFound(format!(
                 "{}/{} version {}",
                 rec.tenant,
                 rec.name,
-                version.map(|n| n.to_string()).unwrap_or_else(|| "(current)".into())
+                version
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "(current)".into())
             ))
         })
     }
@@ -343,7 +365,10 @@ impl KeyService {
             .add_version(&rec.id, &nv, actor.as_str(), "rotate")
             .await?;
         let spec = Self::spec(&req, object_id);
-        match self.on_hsm(move |h| Ok(h.generate(&spec, Trust::Normal)?.kcv)).await {
+        match self
+            .on_hsm(move |h| Ok(h.generate(&spec, Trust::Normal)?.kcv))
+            .await
+        {
             Ok(kcv) => {
                 self.store
                     .confirm_version(&rec.id, added.version, &hex_kcv(&kcv).unwrap_or_default())
@@ -387,7 +412,8 @@ impl KeyService {
                 .needs_approval(crate::policy::SensitiveAction::Compromise)
         {
             return Err(ServiceError::Refused(
-                "marking a key compromised needs dual control: request it and have it approved".into(),
+                "marking a key compromised needs dual control: request it and have it approved"
+                    .into(),
             ));
         }
         self.transition_now(actor, tenant, name, version, t, reason)
@@ -410,7 +436,9 @@ impl KeyService {
             .apply(t)
             .map_err(|e| ServiceError::Refused(e.to_string()))?;
         if t == Transition::Compromise && reason.is_none_or(str::is_empty) {
-            return Err(ServiceError::Invalid("marking a key compromised needs a reason".into()));
+            return Err(ServiceError::Invalid(
+                "marking a key compromised needs a reason".into(),
+            ));
         }
         let action = match t {
             Transition::Activate => "activate",
@@ -420,7 +448,15 @@ impl KeyService {
             Transition::Compromise => "compromise",
         };
         self.store
-            .change_state(&rec.id, v.version, v.state, to, actor.as_str(), action, reason)
+            .change_state(
+                &rec.id,
+                v.version,
+                v.state,
+                to,
+                actor.as_str(),
+                action,
+                reason,
+            )
             .await?;
         self.get(tenant, name).await
     }
@@ -493,7 +529,10 @@ impl KeyService {
                 Some(v.version),
                 actor.as_str(),
                 "export",
-                Some(&format!("wrapped under {tenant}/{kek_name} v{}", kek_v.version)),
+                Some(&format!(
+                    "wrapped under {tenant}/{kek_name} v{}",
+                    kek_v.version
+                )),
             )
             .await?;
         Ok(ExportedKey {

@@ -32,9 +32,8 @@ pub struct Actor(String);
 
 impl Actor {
     pub fn parse(s: &str) -> Result<Actor, ServiceError> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
         if ok {
             Ok(Actor(s.to_owned()))
         } else {

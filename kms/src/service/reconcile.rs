@@ -22,10 +22,18 @@ pub enum Finding {
     /// The database has a live version whose object is missing from the
     /// token. The key is refused until an operator restores it from backup
     /// or records its loss.
-    MissingObject { key: String, version: u32, object_id: String },
+    MissingObject {
+        key: String,
+        version: u32,
+        object_id: String,
+    },
     /// The token has one of our objects that no row names. Left untouched:
     /// deleting a key nobody can name is not ours to decide.
-    OrphanObject { object_id: String, class: String, label: String },
+    OrphanObject {
+        object_id: String,
+        class: String,
+        label: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -39,7 +47,10 @@ impl ReconcileReport {
     /// Findings that need a person (the others were repaired).
     pub fn problems(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| {
-            matches!(f, Finding::MissingObject { .. } | Finding::OrphanObject { .. })
+            matches!(
+                f,
+                Finding::MissingObject { .. } | Finding::OrphanObject { .. }
+            )
         })
     }
 }
@@ -80,7 +91,10 @@ impl KeyService {
                 (Presence::Destroying, _) => {
                     let id = v.object_id;
                     self.on_hsm(move |h| h.destroy(id)).await?;
-                    let final_state = v.state.destroyed().unwrap_or(crate::model::KeyState::Destroyed);
+                    let final_state = v
+                        .state
+                        .destroyed()
+                        .unwrap_or(crate::model::KeyState::Destroyed);
                     self.store
                         .mark_tombstone(&key.id, v.version, final_state)
                         .await?;

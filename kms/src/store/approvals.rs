@@ -67,13 +67,14 @@ impl Store {
         else {
             return Ok(None);
         };
-        let approvers = sqlx::query("SELECT approver FROM approvals WHERE request_id = $1 ORDER BY at")
-            .bind(id)
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>("approver"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let approvers =
+            sqlx::query("SELECT approver FROM approvals WHERE request_id = $1 ORDER BY at")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>("approver"))
+                .collect::<Result<Vec<_>, _>>()?;
         let requested_at: String = row.try_get("requested_at")?;
         let expires_at: String = row.try_get("expires_at")?;
         Ok(Some(ApprovalRow {
@@ -97,13 +98,15 @@ impl Store {
         digest: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let r = sqlx::query("INSERT INTO approvals (request_id, approver, digest, at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(approver)
-            .bind(digest)
-            .bind(format_time(OffsetDateTime::now_utc())?)
-            .execute(&mut *tx)
-            .await;
+        let r = sqlx::query(
+            "INSERT INTO approvals (request_id, approver, digest, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(approver)
+        .bind(digest)
+        .bind(format_time(OffsetDateTime::now_utc())?)
+        .execute(&mut *tx)
+        .await;
         if let Err(e) = r {
             return Err(if StoreError::is_unique_violation(&e) {
                 StoreError::Invalid {

@@ -37,10 +37,7 @@ const FIND_KEY: &str = concat!(
     select_keys!("LEFT"),
     "WHERE k.tenant = $1 AND k.name = $2 ORDER BY v.version"
 );
-const LIST_KEYS: &str = concat!(
-    select_keys!("LEFT"),
-    "ORDER BY k.tenant, k.name, v.version"
-);
+const LIST_KEYS: &str = concat!(select_keys!("LEFT"), "ORDER BY k.tenant, k.name, v.version");
 const LIST_TENANT_KEYS: &str = concat!(
     select_keys!("LEFT"),
     "WHERE k.tenant = $1 ORDER BY k.tenant, k.name, v.version"
@@ -191,13 +188,12 @@ async fn row_status(
     key_id: &KeyId,
     version: u32,
 ) -> Result<Option<RowStatus>, StoreError> {
-    let row = sqlx::query(
-        "SELECT state, presence FROM key_versions WHERE key_id = $1 AND version = $2",
-    )
-    .bind(key_id.to_string())
-    .bind(i64::from(version))
-    .fetch_optional(conn)
-    .await?;
+    let row =
+        sqlx::query("SELECT state, presence FROM key_versions WHERE key_id = $1 AND version = $2")
+            .bind(key_id.to_string())
+            .bind(i64::from(version))
+            .fetch_optional(conn)
+            .await?;
     let Some(row) = row else { return Ok(None) };
     let r = records::RowReader::new(
         &row,
@@ -253,12 +249,14 @@ async fn status_in(
             found: format!("state {}, presence {}", s.state, s.presence),
         });
     }
-    s.state.parse().map_err(|e: crate::model::ParseError| StoreError::Corrupt {
-        table: "key_versions",
-        column: "state",
-        row: format!("key {key_id} version {version}"),
-        why: e.to_string(),
-    })
+    s.state
+        .parse()
+        .map_err(|e: crate::model::ParseError| StoreError::Corrupt {
+            table: "key_versions",
+            column: "state",
+            row: format!("key {key_id} version {version}"),
+            why: e.to_string(),
+        })
 }
 
 async fn key_exists(conn: &mut AnyConnection, key_id: &KeyId) -> Result<bool, StoreError> {
@@ -430,14 +428,19 @@ impl Store {
         Ok(pending_record(next, v, now))
     }
 
-    /// The HSM object exists: `pending` -> `present`, recording its check value.
+    /// The HSM object exists: `pending` -> `present`, recording its check
+    /// value. An empty `kcv` means the key has none (key pairs).
     pub async fn confirm_version(
         &self,
         key_id: &KeyId,
         version: u32,
         kcv: &str,
     ) -> Result<(), StoreError> {
-        let kcv = check_kcv(kcv).map_err(|why| StoreError::Invalid { what: "kcv", why })?;
+        let kcv = if kcv.is_empty() {
+            None
+        } else {
+            Some(check_kcv(kcv).map_err(|why| StoreError::Invalid { what: "kcv", why })?)
+        };
         let now_s = format_time(OffsetDateTime::now_utc())?;
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
@@ -768,12 +771,7 @@ impl Store {
         let keys = self.list_keys(None).await?;
         Ok(keys
             .into_iter()
-            .flat_map(|k| {
-                k.versions
-                    .clone()
-                    .into_iter()
-                    .map(move |v| (k.clone(), v))
-            })
+            .flat_map(|k| k.versions.clone().into_iter().map(move |v| (k.clone(), v)))
             .collect())
     }
 
@@ -855,4 +853,3 @@ fn pending_record(version: u32, v: &NewVersion, now: OffsetDateTime) -> VersionR
         updated_at: now,
     }
 }
-

@@ -369,7 +369,10 @@ pub(crate) fn version_from_row(
     let Some(raw_version) = r.opt_int("v_version")? else {
         return Ok(None);
     };
-    r.set_ident("key_versions", format!("key {key_id} version {raw_version}"));
+    r.set_ident(
+        "key_versions",
+        format!("key {key_id} version {raw_version}"),
+    );
     let kcv = r
         .opt_text("v_kcv")?
         .map(|k| {

@@ -51,7 +51,11 @@ fn new_version(state: KeyState) -> NewVersion {
 /// A key whose version 1 is present and active.
 async fn active_key(store: &Store, tenant: &str, name: &str) -> KeyRecord {
     let k = store
-        .create_key(&new_key(tenant, name), &new_version(KeyState::Active), "alice")
+        .create_key(
+            &new_key(tenant, name),
+            &new_version(KeyState::Active),
+            "alice",
+        )
         .await
         .unwrap();
     store.confirm_version(&k.id, 1, "1a2b3c").await.unwrap();
@@ -60,7 +64,10 @@ async fn active_key(store: &Store, tenant: &str, name: &str) -> KeyRecord {
 
 async fn find(store: &Store, tenant: &str, name: &str) -> KeyRecord {
     store
-        .find_key(&Tenant::parse(tenant).unwrap(), &KeyName::parse(name).unwrap())
+        .find_key(
+            &Tenant::parse(tenant).unwrap(),
+            &KeyName::parse(name).unwrap(),
+        )
         .await
         .unwrap()
         .expect("key exists")
@@ -195,13 +202,19 @@ async fn create_key_as_names_the_action() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Invalid { what: "action", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::Invalid { what: "action", .. }),
+        "{e}"
+    );
     let e = t
         .store
         .create_key(&new_key("t", "y"), &new_version(KeyState::Active), "")
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Invalid { what: "actor", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::Invalid { what: "actor", .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -271,13 +284,23 @@ async fn versions_are_numbered_in_order() {
     let k = active_key(&t.store, "t", "k").await;
     let v2 = t
         .store
-        .add_version(&k.id, &new_version(KeyState::PreActivation), "bob", "rotate")
+        .add_version(
+            &k.id,
+            &new_version(KeyState::PreActivation),
+            "bob",
+            "rotate",
+        )
         .await
         .unwrap();
     assert_eq!((v2.version, v2.presence), (2, Presence::Pending));
     let v3 = t
         .store
-        .add_version(&k.id, &new_version(KeyState::PreActivation), "bob", "import")
+        .add_version(
+            &k.id,
+            &new_version(KeyState::PreActivation),
+            "bob",
+            "import",
+        )
         .await
         .unwrap();
     assert_eq!(v3.version, 3);
@@ -318,20 +341,48 @@ async fn confirm_moves_pending_to_present_once() {
     assert_eq!(v.kcv.as_deref(), Some("AB12EF"));
     assert!(v.updated_at >= v.created_at);
 
-    let e = t.store.confirm_version(&k.id, 1, "ab12ef").await.unwrap_err();
+    let e = t
+        .store
+        .confirm_version(&k.id, 1, "ab12ef")
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Conflict { version: 1, .. }), "{e}");
 
-    let e = t.store.confirm_version(&k.id, 9, "ab12ef").await.unwrap_err();
+    let e = t
+        .store
+        .confirm_version(&k.id, 9, "ab12ef")
+        .await
+        .unwrap_err();
     assert!(
-        matches!(e, StoreError::NotFound { version: Some(9), .. }),
+        matches!(
+            e,
+            StoreError::NotFound {
+                version: Some(9),
+                ..
+            }
+        ),
         "{e}"
     );
 
     // A key value passed by mistake is refused, and not echoed back.
     let key_hex = "00112233445566778899AABBCCDDEEFF";
-    let e = t.store.confirm_version(&k.id, 1, key_hex).await.unwrap_err();
+    let e = t
+        .store
+        .confirm_version(&k.id, 1, key_hex)
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Invalid { what: "kcv", .. }), "{e}");
     assert!(!e.to_string().contains(key_hex));
+    // Key pairs have no check value.
+    let pair = t
+        .store
+        .create_key(&new_key("t", "pair"), &new_version(KeyState::Active), "a")
+        .await
+        .unwrap();
+    t.store.confirm_version(&pair.id, 1, "").await.unwrap();
+    let v = find(&t.store, "t", "pair").await.versions[0].clone();
+    assert_eq!((v.presence, v.kcv), (Presence::Present, None));
+
     let e = t.store.confirm_version(&k.id, 1, "xyz").await.unwrap_err();
     assert!(matches!(e, StoreError::Invalid { what: "kcv", .. }), "{e}");
 }
@@ -405,9 +456,7 @@ async fn change_state_is_compare_and_set() {
         .await
         .unwrap_err();
     match &e {
-        StoreError::Conflict {
-            version, found, ..
-        } => {
+        StoreError::Conflict { version, found, .. } => {
             assert_eq!(*version, 1);
             assert!(found.contains("suspended"), "{found}");
         }
@@ -419,7 +468,11 @@ async fn change_state_is_compare_and_set() {
     );
 
     let ev = t.store.events(&k.id).await.unwrap();
-    assert_eq!(actions(&ev), ["create", "suspend"], "the loser left no event");
+    assert_eq!(
+        actions(&ev),
+        ["create", "suspend"],
+        "the loser left no event"
+    );
     let last = &ev[1];
     assert_eq!(last.actor, "carol");
     assert_eq!(last.from_state, Some(KeyState::Active));
@@ -813,7 +866,10 @@ async fn recorded_events_need_an_existing_key() {
         .record_event(&k.id, Some(1), "erin", "export", Some("bell\u{7}"))
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Invalid { what: "reason", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::Invalid { what: "reason", .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -861,15 +917,47 @@ async fn corrupt_rows_are_reported_not_trusted() {
         ("keys", "algorithm", "UPDATE keys SET algorithm = 'des-56'"),
         ("keys", "usage", "UPDATE keys SET usage = 'root'"),
         ("keys", "tenant", "UPDATE keys SET tenant = 'a b'"),
-        ("keys", "created_at", "UPDATE keys SET created_at = 'yesterday'"),
+        (
+            "keys",
+            "created_at",
+            "UPDATE keys SET created_at = 'yesterday'",
+        ),
         ("keys", "exportable", "UPDATE keys SET exportable = 7"),
-        ("key_versions", "object_id", "UPDATE key_versions SET object_id = 'ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ'"),
-        ("key_versions", "state", "UPDATE key_versions SET state = 'zombie'"),
-        ("key_versions", "presence", "UPDATE key_versions SET presence = 'lost'"),
-        ("key_versions", "kcv", "UPDATE key_versions SET kcv = 'KCV!'"),
-        ("key_versions", "trusted", "UPDATE key_versions SET trusted = 2"),
-        ("key_versions", "expire_at", "UPDATE key_versions SET expire_at = '2030-13-01T00:00:00Z'"),
-        ("key_versions", "version", "UPDATE key_versions SET version = 0"),
+        (
+            "key_versions",
+            "object_id",
+            "UPDATE key_versions SET object_id = 'ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ'",
+        ),
+        (
+            "key_versions",
+            "state",
+            "UPDATE key_versions SET state = 'zombie'",
+        ),
+        (
+            "key_versions",
+            "presence",
+            "UPDATE key_versions SET presence = 'lost'",
+        ),
+        (
+            "key_versions",
+            "kcv",
+            "UPDATE key_versions SET kcv = 'KCV!'",
+        ),
+        (
+            "key_versions",
+            "trusted",
+            "UPDATE key_versions SET trusted = 2",
+        ),
+        (
+            "key_versions",
+            "expire_at",
+            "UPDATE key_versions SET expire_at = '2030-13-01T00:00:00Z'",
+        ),
+        (
+            "key_versions",
+            "version",
+            "UPDATE key_versions SET version = 0",
+        ),
     ];
     for (table, column, sql) in cases {
         let t = temp_store().await;
@@ -933,7 +1021,13 @@ async fn corrupt_events_are_reported() {
         }
         let e = t.store.events(&k.id).await.unwrap_err();
         assert!(
-            matches!(e, StoreError::Corrupt { table: "key_events", .. }),
+            matches!(
+                e,
+                StoreError::Corrupt {
+                    table: "key_events",
+                    ..
+                }
+            ),
             "{sql}: {e}"
         );
     }

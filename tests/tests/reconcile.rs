@@ -1,0 +1,160 @@
+//! The database row and the token object never silently disagree: a crash
+//! at each point of the write order is finished or reported at start-up.
+
+use kms::hsm::{KeySpec, Trust};
+use kms::model::{Algorithm, KeyState, KeyUsage, ObjectId};
+use kms::service::{Finding, KeyService, ServiceError};
+use kms::store::{NewVersion, Presence};
+use kms_e2e::fixture::{actor, create_req, name, tenant, TestKms};
+
+fn spec(id: ObjectId) -> KeySpec {
+    KeySpec {
+        algorithm: Algorithm::Aes128,
+        usage: KeyUsage::Data,
+        exportable: false,
+        object_id: id,
+        label: "t1/x".into(),
+        persistent: true,
+    }
+}
+
+fn pending(id: ObjectId) -> NewVersion {
+    NewVersion {
+        object_id: id,
+        state: KeyState::Active,
+        activate_at: None,
+        expire_at: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_points_are_finished_or_reported() {
+    let kms = TestKms::new().await;
+    let svc = kms.svc();
+    let store = svc.store();
+    let hsm = svc.hsm();
+
+    // 1. Crash after the pending row, before the object: row abandoned.
+    let a = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "a", Algorithm::Aes128, KeyUsage::Data, false),
+        )
+        .await
+        .unwrap();
+    store
+        .add_version(&a.id, &pending(ObjectId::random()), "a", "rotate")
+        .await
+        .unwrap();
+    // 2. Crash after the object, before confirmation: confirmed with its KCV.
+    let b = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "b", Algorithm::Aes128, KeyUsage::Data, false),
+        )
+        .await
+        .unwrap();
+    let b2 = ObjectId::random();
+    store
+        .add_version(&b.id, &pending(b2), "a", "rotate")
+        .await
+        .unwrap();
+    let made = hsm.generate(&spec(b2), Trust::Normal).unwrap();
+    // 3. An object lost from the token: reported, key refused.
+    let c = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "c", Algorithm::Aes128, KeyUsage::Data, false),
+        )
+        .await
+        .unwrap();
+    hsm.destroy(c.current().unwrap().object_id).unwrap();
+    // 4. Crash during destroy (row destroying, object still there): finished.
+    let d = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "d", Algorithm::Aes128, KeyUsage::Data, false),
+        )
+        .await
+        .unwrap();
+    svc.transition(
+        &actor("a"),
+        &tenant("t1"),
+        &name("d"),
+        None,
+        kms::model::Transition::Deactivate,
+        None,
+    )
+    .await
+    .unwrap();
+    store
+        .mark_destroying(&d.id, 1, "a", Some("test"))
+        .await
+        .unwrap();
+    // 5. An object nobody names: reported, left alone.
+    let orphan = ObjectId::random();
+    hsm.generate(&spec(orphan), Trust::Normal).unwrap();
+
+    let report = svc.reconcile().await.unwrap();
+    let f = &report.findings;
+    assert!(
+        f.contains(&Finding::AbandonedPending {
+            key: "t1/a".into(),
+            version: 2
+        }),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&Finding::ConfirmedPending {
+            key: "t1/b".into(),
+            version: 2
+        }),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|x| matches!(x, Finding::MissingObject { key, .. } if key == "t1/c")),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&Finding::FinishedDestroy {
+            key: "t1/d".into(),
+            version: 1
+        }),
+        "{f:?}"
+    );
+    assert!(f.iter().any(|x| matches!(x, Finding::OrphanObject { object_id, .. } if *object_id == orphan.to_string())), "{f:?}");
+    assert_eq!(report.problems().count(), 2);
+
+    let b = svc.get(&tenant("t1"), &name("b")).await.unwrap();
+    assert_eq!(b.version(2).unwrap().presence, Presence::Present);
+    assert_eq!(
+        b.version(2)
+            .unwrap()
+            .kcv
+            .as_deref()
+            .map(hex::decode)
+            .unwrap()
+            .unwrap(),
+        made.kcv.unwrap()
+    );
+    let a = svc.get(&tenant("t1"), &name("a")).await.unwrap();
+    assert!(a.version(2).is_none());
+    let d = svc.get(&tenant("t1"), &name("d")).await.unwrap();
+    assert_eq!(d.version(1).unwrap().presence, Presence::Tombstone);
+    assert!(
+        hsm.exists(orphan).unwrap(),
+        "orphans are reported, never deleted"
+    );
+
+    // The inconsistent key is refused with a clear error.
+    let c = svc.get(&tenant("t1"), &name("c")).await.unwrap();
+    let r = KeyService::key_ref(&c, c.current().unwrap()).unwrap();
+    let e: ServiceError = hsm.kcv(&r).unwrap_err().into();
+    assert!(matches!(e, ServiceError::Inconsistent(_)), "{e}");
+
+    // Reconciling again repairs nothing more and reports the same problems.
+    let again = svc.reconcile().await.unwrap();
+    assert_eq!(again.problems().count(), 2);
+    assert_eq!(again.findings.len(), 2);
+}

@@ -1,0 +1,61 @@
+//! The store behaviour suite against a real PostgreSQL server on loopback
+//! (see kms_e2e::pg). Grouped into a few tests because under nextest each
+//! test is a process of its own and pays for one initdb.
+
+#![allow(clippy::unwrap_used)]
+
+use kms::store::{Backend, Store};
+use kms_e2e::pg::{fresh_database_url, PgServer};
+use kms_e2e::store_suite;
+
+async fn fresh_store() -> Store {
+    let store = Store::connect(&fresh_database_url()).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    store
+}
+
+#[tokio::test]
+async fn pg_lifecycle() {
+    store_suite::lifecycle(&fresh_store().await).await;
+}
+
+#[tokio::test]
+async fn pg_refusals() {
+    store_suite::refusals(&fresh_store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_concurrency() {
+    store_suite::concurrency(&fresh_store().await).await;
+}
+
+/// Several KMS nodes start together on one empty database: the migrations
+/// run once (sqlx serialises them with an advisory lock) and the nodes see
+/// each other's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_nodes_share_one_database() {
+    let url = fresh_database_url();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { Store::connect(&url).await }));
+    }
+    let mut nodes = Vec::new();
+    for t in tasks {
+        nodes.push(t.await.unwrap().unwrap());
+    }
+    store_suite::two_nodes(&nodes[0], &nodes[1]).await;
+    assert_eq!(nodes[2].list_keys(None).await.unwrap().len(), 1);
+
+    // A second server is independent of the shared one and goes away on drop.
+    let own = PgServer::start();
+    let port = own.port();
+    let store = Store::connect(own.url()).await.unwrap();
+    assert!(store.list_keys(None).await.unwrap().is_empty());
+    store.close().await;
+    drop(own);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the server stopped on drop"
+    );
+}
