@@ -33,6 +33,12 @@ pub struct TestToken {
     pub so_pin: String,
 }
 
+impl Default for TestToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestToken {
     /// A new, initialized token in a new directory; SOFTHSM2_CONF points at it.
     pub fn new() -> TestToken {

@@ -1,0 +1,347 @@
+//! The `kms` binary end to end on a fresh SoftHSM2 token: every command,
+//! human and JSON output, and exit codes that tell usage errors (2),
+//! refusals (3) and failures (1) apart.
+
+use kms_e2e::token::{module_path, TestToken, LABEL};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+struct Cli {
+    token: TestToken,
+    config: PathBuf,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let token = TestToken::new();
+        let dir = token.dir.path().to_owned();
+        std::fs::write(dir.join("user.pin"), &token.user_pin).unwrap();
+        std::fs::write(dir.join("so.pin"), &token.so_pin).unwrap();
+        let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let config = dir.join("kms.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hsm]\nmodule = \"{}\"\ntoken_label = \"{LABEL}\"\nuser_pin = \"file:user.pin\"\nso_pin = \"file:so.pin\"\nsofthsm2_conf = \"softhsm2.conf\"\n[database]\nurl = \"sqlite://kms.db?mode=rwc\"\n[policy]\ndir = \"{}\"\n",
+                module_path(),
+                policies.display()
+            ),
+        )
+        .unwrap();
+        Cli { token, config }
+    }
+
+    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kms"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("KMS_CONFIG")
+            .env_remove("KMS_ACTOR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let o = child.wait_with_output().unwrap();
+        let out = Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        for secret in [&self.token.user_pin, &self.token.so_pin] {
+            assert!(
+                !out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()),
+                "a PIN was printed"
+            );
+        }
+        out
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, None)
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let o = self.run(args);
+        assert_eq!(
+            o.code, 0,
+            "{args:?}\nstdout: {}\nstderr: {}",
+            o.stdout, o.stderr
+        );
+        o
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a).stdout).unwrap()
+    }
+
+    fn code(&self, args: &[&str], want: i32, needle: &str) {
+        let o = self.run(args);
+        assert_eq!(
+            o.code, want,
+            "{args:?}\nstdout: {}\nstderr: {}",
+            o.stdout, o.stderr
+        );
+        assert!(
+            o.stderr.contains(needle),
+            "{args:?}: {:?} lacks {needle:?}",
+            o.stderr
+        );
+    }
+
+    /// request (alice) -> approve (bob) -> execute (alice)
+    fn dual_control(&self, request: &[&str]) -> Out {
+        let mut a = vec!["--actor", "alice"];
+        a.extend_from_slice(request);
+        let req = self.json(&a);
+        let id = req["id"].as_str().unwrap().to_owned();
+        let digest = req["digest"].as_str().unwrap().to_owned();
+        self.ok(&[
+            "--actor", "bob", "request", "approve", &id, "--digest", &digest,
+        ]);
+        self.run(&["--actor", "alice", "request", "execute", &id])
+    }
+}
+
+#[test]
+fn cli_key_lifecycle_and_exit_codes() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["status"]);
+    let o = cli.ok(&[
+        "key",
+        "create",
+        "-t",
+        "issuer-a",
+        "kmc",
+        "--alg",
+        "tdes-2key",
+        "--usage",
+        "sd-kmc",
+    ]);
+    assert!(
+        o.stdout.contains("issuer-a/kmc") && o.stdout.contains("active"),
+        "{}",
+        o.stdout
+    );
+    cli.ok(&[
+        "key",
+        "create",
+        "-t",
+        "issuer-a",
+        "enc",
+        "--alg",
+        "aes-128",
+        "--usage",
+        "sd-enc",
+        "--exportable",
+    ]);
+    cli.ok(&[
+        "key", "create", "-t", "issuer-a", "sig", "--alg", "ec-p256", "--usage", "signing",
+    ]);
+    cli.ok(&[
+        "key",
+        "create",
+        "-t",
+        "issuer-a",
+        "tk",
+        "--alg",
+        "aes-256",
+        "--usage",
+        "transport-kek",
+        "--trusted",
+    ]);
+
+    let list = cli.json(&["key", "list", "-t", "issuer-a"]);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    let human = cli.ok(&["key", "list"]).stdout;
+    assert!(
+        human.contains("issuer-a/enc") && human.contains("exportable"),
+        "{human}"
+    );
+
+    // Usage errors: 2.
+    cli.code(
+        &[
+            "key", "create", "-t", "issuer-a", "x", "--alg", "des-56", "--usage", "kek",
+        ],
+        2,
+        "unknown algorithm",
+    );
+    cli.code(
+        &[
+            "key", "create", "-t", "issuer-a", "x", "--alg", "aes-128", "--usage", "imk-ac",
+        ],
+        2,
+        "cannot be",
+    );
+    cli.code(
+        &[
+            "key",
+            "create",
+            "-t",
+            "issuer-a",
+            "kmc",
+            "--alg",
+            "tdes-2key",
+            "--usage",
+            "sd-kmc",
+        ],
+        2,
+        "already has",
+    );
+    cli.code(
+        &[
+            "key",
+            "create",
+            "-t",
+            "bad/tenant",
+            "x",
+            "--alg",
+            "aes-128",
+            "--usage",
+            "kek",
+        ],
+        2,
+        "tenant",
+    );
+    cli.code(&["key", "show", "-t", "issuer-a", "nope"], 2, "no key");
+    cli.code(&["key", "frobnicate"], 2, "unrecognized");
+    // Refusals: 3.
+    cli.code(
+        &["key", "state", "-t", "issuer-a", "kmc", "--to", "activate"],
+        3,
+        "cannot go to",
+    );
+    cli.code(
+        &[
+            "key",
+            "create",
+            "-t",
+            "issuer-a",
+            "m",
+            "--alg",
+            "tdes-2key",
+            "--usage",
+            "sd-kmc",
+            "--exportable",
+        ],
+        3,
+        "policy",
+    );
+
+    // Rotate, export and destroy under dual control.
+    let rotated = cli.json(&[
+        "key", "rotate", "-t", "issuer-a", "enc", "--reason", "annual",
+    ]);
+    assert_eq!(rotated["versions"].as_array().unwrap().len(), 2);
+    let exported = cli.dual_control(&["key", "export", "-t", "issuer-a", "enc", "--kek", "tk"]);
+    assert_eq!(exported.code, 0, "{}", exported.stderr);
+    assert!(
+        exported.stdout.contains("wrapped under tk"),
+        "{}",
+        exported.stdout
+    );
+    let refused = cli.dual_control(&["key", "export", "-t", "issuer-a", "kmc", "--kek", "tk"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let destroyed =
+        cli.dual_control(&["key", "destroy", "-t", "issuer-a", "enc", "--version", "1"]);
+    assert_eq!(destroyed.code, 0, "{}", destroyed.stderr);
+    let show = cli.json(&["key", "show", "-t", "issuer-a", "enc"]);
+    assert_eq!(show["versions"][0]["presence"], "tombstone");
+    assert!(show["versions"][0]["kcv"]
+        .as_str()
+        .is_some_and(|k| k.len() == 6));
+    let actions: Vec<_> = show["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        actions.contains(&"destroy".to_owned()) && actions.contains(&"export".to_owned()),
+        "{actions:?}"
+    );
+    let attrs = cli.json(&["key", "attributes", "-t", "issuer-a", "kmc"]);
+    assert_eq!(attrs[0]["sensitive"], true);
+    assert_eq!(attrs[0]["extractable"], false);
+    cli.ok(&["status"]);
+}
+
+#[test]
+fn km1_cli_imports_known_key_from_components_on_stdin() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // The first TDES known answer: three components, KCV DD4D44.
+    let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
+    let args = [
+        "key",
+        "import",
+        "-t",
+        "issuer-a",
+        "imk",
+        "--alg",
+        "tdes-2key",
+        "--usage",
+        "imk-ac",
+        "--components",
+        "3",
+        "--stdin",
+    ];
+    let mut wrong = args.to_vec();
+    wrong.extend(["--kcv", "000000"]);
+    let o = cli.run_with(&wrong, Some(comps));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("check value"), "{}", o.stderr);
+    assert_eq!(
+        cli.json(&["key", "list"]).as_array().unwrap().len(),
+        0,
+        "nothing created"
+    );
+    let mut right = args.to_vec();
+    right.extend(["--kcv", "DD4D44"]);
+    let o = cli.run_with(&right, Some(comps));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("DD4D44"), "{}", o.stdout);
+    for line in comps.lines() {
+        assert!(
+            !o.stdout.contains(line) && !o.stderr.contains(line),
+            "a component was echoed"
+        );
+    }
+    // Malformed hex: a usage error that does not echo the input.
+    let o = cli.run_with(&right, Some("29C2706DC7D6913E13CDB901948FE3ZZ\n"));
+    assert_eq!(o.code, 2);
+    assert!(!o.stderr.contains("29C2706D"), "{}", o.stderr);
+}
+
+#[test]
+fn tsm_ac1_wrong_pin_and_missing_module_are_failures() {
+    let cli = Cli::new();
+    std::fs::write(cli.token.dir.path().join("user.pin"), "00000000").unwrap();
+    cli.code(&["init"], 1, "refused the PIN");
+    let text = std::fs::read_to_string(&cli.config)
+        .unwrap()
+        .replace(&module_path(), "/nonexistent/module.so");
+    std::fs::write(&cli.config, text).unwrap();
+    cli.code(&["init"], 1, "cannot load the PKCS#11 module");
+}
