@@ -13,6 +13,7 @@ use std::sync::Arc;
 pub struct TestKms {
     pub token: TestToken,
     pub db_path: std::path::PathBuf,
+    pub db_url: String,
     svc: Option<KeyService>,
 }
 
@@ -74,22 +75,31 @@ impl TestKms {
     pub async fn new() -> TestKms {
         let token = TestToken::new();
         let db_path = token.dir.path().join("kms.db");
-        let svc = Self::service(&token, &db_path, Role::User).await;
+        let url = format!("sqlite://{}?mode=rwc", db_path.display());
+        let svc = Self::service(&token, &url, Role::User).await;
         TestKms {
             token,
             db_path,
+            db_url: url,
             svc: Some(svc),
         }
     }
 
-    pub fn db_url(&self) -> String {
-        format!("sqlite://{}?mode=rwc", self.db_path.display())
+    /// A KMS whose metadata lives in the database at `url` (PostgreSQL).
+    pub async fn with_database(url: &str) -> TestKms {
+        let token = TestToken::new();
+        let db_path = token.dir.path().join("unused.db");
+        let svc = Self::service(&token, url, Role::User).await;
+        TestKms {
+            token,
+            db_path,
+            db_url: url.to_owned(),
+            svc: Some(svc),
+        }
     }
 
-    pub async fn service(token: &TestToken, db: &std::path::Path, role: Role) -> KeyService {
-        let store = Store::connect(&format!("sqlite://{}?mode=rwc", db.display()))
-            .await
-            .expect("store");
+    pub async fn service(token: &TestToken, url: &str, role: Role) -> KeyService {
+        let store = Store::connect(url).await.expect("store");
         let cfg = token.config(role);
         let hsm = tokio::task::spawn_blocking(move || Hsm::open(&cfg))
             .await
@@ -107,9 +117,9 @@ impl TestKms {
         Fut: std::future::Future<Output = T>,
     {
         drop(self.svc.take());
-        let so = Self::service(&self.token, &self.db_path, Role::SecurityOfficer).await;
+        let so = Self::service(&self.token, &self.db_url, Role::SecurityOfficer).await;
         let out = f(so).await;
-        self.svc = Some(Self::service(&self.token, &self.db_path, Role::User).await);
+        self.svc = Some(Self::service(&self.token, &self.db_url, Role::User).await);
         out
     }
 
