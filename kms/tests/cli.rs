@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `kms` binary end to end on a fresh SoftHSM2 token: every command,
 //! human and JSON output, and exit codes that tell usage errors (2),
 //! refusals (3) and failures (1) apart.
