@@ -1,3 +1,249 @@
-pub async fn run(_cli: &crate::cli::Cli, _b: &crate::cli::BenchArgs) -> anyhow::Result<()> {
+//! `kms bench`: the same EMV Option A card-key derivation (derive in the
+//! token, wrap under a trusted transport KEK, destroy), measured in one run
+//! (a) straight on the HSM layer, i.e. the PKCS#11 calls alone, and (b)
+//! through the key layer (store lookup, state and policy checks, blocking
+//! pool), with 1 and N concurrent callers. Ratios, not absolute numbers, are
+//! what to compare across machines.
+//!
+//! It uses the configured token with a throw-away tenant and a temporary
+//! SQLite database, and destroys its two keys at the end.
+
+use crate::cli::{BenchArgs, Cli};
+use anyhow::{Context, Result};
+use kms::config::Config;
+use kms::derivation::{emv_option_a_data, Pan};
+use kms::hsm::{DeriveAlg, Hsm, KeyRef, KeySpec, Role, WrapAlg};
+use kms::model::{Algorithm, KeyName, KeyUsage, ObjectId, Tenant};
+use kms::policy::KeyPolicy;
+use kms::service::{Actor, CreateKey, KeyService};
+use kms::store::Store;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(serde::Serialize)]
+struct Row {
+    what: &'static str,
+    callers: usize,
+    ops: u64,
+    seconds: f64,
+    ops_per_second: f64,
+}
+
+async fn service(cfg: &Config, db: &str, role: Role) -> Result<KeyService> {
+    let store = Store::connect(db).await?;
+    let hsm_cfg = cfg.hsm(role)?;
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg)).await??;
+    Ok(KeyService::new(
+        Arc::new(hsm),
+        store,
+        KeyPolicy::load(&cfg.policy_dir)?,
+    ))
+}
+
+fn raw_rate(hsm: &Arc<Hsm>, imk: KeyRef, kek: KeyRef, callers: usize, secs: f64) -> Row {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..callers)
+        .map(|t| {
+            let (hsm, stop, count) = (hsm.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut n: u64 = t as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let pan = format!("{:016}", 4_000_000_000_000_000u64 + n);
+                    n += callers as u64;
+                    let Ok(pan) = Pan::parse(&pan) else { break };
+                    let how = DeriveAlg::TdesEcb(emv_option_a_data(&pan, 1).to_vec());
+                    let spec = KeySpec {
+                        algorithm: Algorithm::Tdes2,
+                        usage: KeyUsage::Data,
+                        exportable: true,
+                        object_id: ObjectId::random(),
+                        label: "bench".into(),
+                        persistent: false,
+                    };
+                    if hsm
+                        .derive_and_wrap(&imk, &how, &spec, &kek, WrapAlg::AesKwp)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let ops = count.load(Ordering::Relaxed);
+    Row {
+        what: "hsm layer: derive+wrap (PKCS#11 only)",
+        callers,
+        ops,
+        seconds,
+        ops_per_second: ops as f64 / seconds,
+    }
+}
+
+async fn layer_rate(svc: &KeyService, tenant: &Tenant, callers: usize, secs: f64) -> Row {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|t| {
+            let (svc, stop, count, tenant) =
+                (svc.clone(), stop.clone(), count.clone(), tenant.clone());
+            tokio::spawn(async move {
+                let (Ok(imk), Ok(kek)) = (KeyName::parse("imk"), KeyName::parse("transport"))
+                else {
+                    return;
+                };
+                let mut n: u64 = t as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(pan) = Pan::parse(&format!("{:016}", 4_000_000_000_000_000u64 + n))
+                    else {
+                        break;
+                    };
+                    n += callers as u64;
+                    if svc
+                        .emv_card_key(&tenant, &imk, &pan, 1, &kek)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let ops = count.load(Ordering::Relaxed);
+    Row {
+        what: "key layer: emv_card_key (store + policy + HSM)",
+        callers,
+        ops,
+        seconds,
+        ops_per_second: ops as f64 / seconds,
+    }
+}
+
+pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let dir = std::env::temp_dir().join(format!("kms-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let db = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    let tenant = Tenant::parse(&format!(
+        "bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))?;
+    let who = Actor::parse("bench")?;
+    let req = |name: &str, algorithm, usage, trusted| -> Result<CreateKey> {
+        Ok(CreateKey {
+            tenant: tenant.clone(),
+            name: KeyName::parse(name)?,
+            algorithm,
+            usage,
+            exportable: false,
+            activate: true,
+            trusted,
+        })
+    };
+    // The transport KEK must be trusted to wrap derived (wrap-with-trusted)
+    // keys: made under the security officer's login, then the user's.
+    let kek_rec = {
+        let so = service(&cfg, &db, Role::SecurityOfficer)
+            .await
+            .context("the bench needs the SO PIN to create its trusted transport KEK")?;
+        so.create(
+            &who,
+            req("transport", Algorithm::Aes128, KeyUsage::TransportKek, true)?,
+        )
+        .await?
+    };
+    let svc = service(&cfg, &db, Role::User).await?;
+    let imk_rec = svc
+        .create(&who, req("imk", Algorithm::Tdes2, KeyUsage::ImkAc, false)?)
+        .await?;
+    let r = |rec: &kms::store::KeyRecord| -> Result<KeyRef> {
+        let v = rec.current().context("no version")?;
+        Ok(KeyService::key_ref(rec, v)?)
+    };
+    let (imk, kek) = (r(&imk_rec)?, r(&kek_rec)?);
+    let hsm = svc.hsm().clone();
+
+    let mut rows = Vec::new();
+    for callers in [1, args.concurrency.max(1)] {
+        let h = hsm.clone();
+        let secs = args.seconds;
+        rows.push(
+            tokio::task::spawn_blocking(move || raw_rate(&h, imk, kek, callers, secs)).await?,
+        );
+        rows.push(layer_rate(&svc, &tenant, callers, args.seconds).await);
+    }
+
+    // Clean up: the bench's own two keys, straight off the token.
+    let h = hsm.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        h.destroy(imk.object_id)?;
+        h.destroy(kek.object_id)?;
+        Ok(())
+    })
+    .await??;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ratio = |c: usize| {
+        let raw = rows
+            .iter()
+            .find(|r| r.callers == c && r.what.starts_with("hsm"));
+        let lay = rows
+            .iter()
+            .find(|r| r.callers == c && r.what.starts_with("key"));
+        match (raw, lay) {
+            (Some(a), Some(b)) if a.ops_per_second > 0.0 => b.ops_per_second / a.ops_per_second,
+            _ => 0.0,
+        }
+    };
+    let summary = serde_json::json!({
+        "operation": "EMV Option A ICC master key: C_DeriveKey(DES3_ECB_ENCRYPT_DATA) + KCV twin + C_WrapKey(AES-KWP) + C_DestroyObject",
+        "rows": rows,
+        "key_layer_over_raw_1": ratio(1),
+        "key_layer_over_raw_n": ratio(args.concurrency.max(1)),
+        "sessions_open": hsm.sessions_open(),
+    });
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "operation: {}",
+            summary["operation"].as_str().unwrap_or_default()
+        );
+        println!(
+            "{:<48} {:>7} {:>9} {:>10}",
+            "path", "callers", "ops", "ops/s"
+        );
+        for r in &rows {
+            println!(
+                "{:<48} {:>7} {:>9} {:>10.0}",
+                r.what, r.callers, r.ops, r.ops_per_second
+            );
+        }
+        println!(
+            "key layer / raw: {:.2} with 1 caller, {:.2} with {} callers",
+            ratio(1),
+            ratio(args.concurrency.max(1)),
+            args.concurrency.max(1)
+        );
+    }
     Ok(())
 }
