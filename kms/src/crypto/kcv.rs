@@ -80,7 +80,7 @@ impl KcvMethod {
         match family {
             KeyFamily::Tdes => Some(KcvMethod::Tdes),
             KeyFamily::Aes => Some(KcvMethod::AesCmac),
-            KeyFamily::Rsa | KeyFamily::Ec => None,
+            KeyFamily::Rsa | KeyFamily::Ec | KeyFamily::Hmac => None,
         }
     }
 

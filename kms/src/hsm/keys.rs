@@ -134,12 +134,17 @@ impl Hsm {
     pub fn generate(&self, spec: &KeySpec, trust: Trust) -> Result<CreatedKey, HsmError> {
         let session = self.session()?;
         match spec.algorithm.family() {
-            KeyFamily::Aes | KeyFamily::Tdes => {
+            KeyFamily::Aes | KeyFamily::Tdes | KeyFamily::Hmac => {
                 let kcv = match spec.algorithm {
                     Algorithm::Tdes2 => self.generate_tdes2(&session, spec, trust)?.1,
                     Algorithm::Tdes3 => {
                         let t = templates::secret_key(spec, trust, Creation::Generate);
                         let h = session.generate_key(&Mechanism::Des3KeyGen, &t)?;
+                        Self::check_value(&session, h)?.unwrap_or_default()
+                    }
+                    Algorithm::HmacSha256 => {
+                        let t = templates::secret_key(spec, trust, Creation::Generate);
+                        let h = session.generate_key(&Mechanism::GenericSecretKeyGen, &t)?;
                         Self::check_value(&session, h)?.unwrap_or_default()
                     }
                     _ => {
@@ -254,6 +259,42 @@ impl Hsm {
             object_id: spec.object_id,
             kcv: Self::check_value(&session, h)?,
             public_key: None,
+        })
+    }
+
+    /// Import a partner's RSA public key as a wrapping key (C_CreateObject).
+    /// Under the security officer's login it can be made CKA_TRUSTED, which
+    /// is what lets it wrap exportable (wrap-with-trusted) keys: marking a
+    /// partner's KEK trusted is an SO act, under dual control in ceremonies.
+    pub fn import_rsa_public_key(
+        &self,
+        spec: &KeySpec,
+        trust: Trust,
+        modulus: &[u8],
+        public_exponent: &[u8],
+    ) -> Result<CreatedKey, HsmError> {
+        if spec.algorithm.rsa_bits() != Some(modulus.len() as u64 * 8) {
+            return Err(HsmError::invalid(format!(
+                "a {} modulus has {} bytes, not {}",
+                spec.algorithm,
+                spec.algorithm.rsa_bits().unwrap_or(0) / 8,
+                modulus.len()
+            )));
+        }
+        let session = self.session()?;
+        let (mut public, _) = templates::key_pair(spec);
+        public.retain(|a| !matches!(a, Attribute::ModulusBits(_)));
+        public.push(Attribute::Modulus(modulus.to_vec()));
+        public.retain(|a| !matches!(a, Attribute::PublicExponent(_)));
+        public.push(Attribute::PublicExponent(public_exponent.to_vec()));
+        if trust == Trust::TrustedBySecurityOfficer {
+            public.push(Attribute::Trusted(true));
+        }
+        session.create_object(&public)?;
+        Ok(CreatedKey {
+            object_id: spec.object_id,
+            kcv: None,
+            public_key: Some(modulus.to_vec()),
         })
     }
 

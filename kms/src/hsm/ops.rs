@@ -24,6 +24,11 @@ pub enum WrapAlg {
     TdesCbc,
     /// RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label.
     RsaOaepSha256,
+    /// RSA-OAEP with SHA-1 and MGF1-SHA-1, for HSMs without SHA-256 OAEP
+    /// (SoftHSM 2.6.1 accepts only SHA-1 for OAEP: CKR_ARGUMENTS_BAD
+    /// otherwise, measured). OAEP's security does not rest on SHA-1's
+    /// collision resistance, so this is still sound for key transport.
+    RsaOaepSha1,
 }
 
 impl std::str::FromStr for WrapAlg {
@@ -34,11 +39,12 @@ impl std::str::FromStr for WrapAlg {
             "aes-kwp" | "rfc5649" => WrapAlg::AesKwp,
             "tdes-cbc" => WrapAlg::TdesCbc,
             "rsa-oaep-sha256" | "rsa-oaep" => WrapAlg::RsaOaepSha256,
+            "rsa-oaep-sha1" => WrapAlg::RsaOaepSha1,
             _ => {
                 return Err(crate::model::ParseError::Unknown {
                     what: "wrapping algorithm",
                     value: s.chars().take(64).collect(),
-                    expected: "aes-kw, aes-kwp, tdes-cbc, rsa-oaep-sha256",
+                    expected: "aes-kw, aes-kwp, tdes-cbc, rsa-oaep-sha256, rsa-oaep-sha1",
                 })
             }
         })
@@ -51,7 +57,7 @@ impl WrapAlg {
         match kek.family() {
             KeyFamily::Aes => WrapAlg::AesKwp,
             KeyFamily::Tdes => WrapAlg::TdesCbc,
-            _ => WrapAlg::RsaOaepSha256,
+            KeyFamily::Rsa | KeyFamily::Ec | KeyFamily::Hmac => WrapAlg::RsaOaepSha256,
         }
     }
 
@@ -60,7 +66,7 @@ impl WrapAlg {
         let ok = match self {
             WrapAlg::AesKw | WrapAlg::AesKwp => fam == KeyFamily::Aes,
             WrapAlg::TdesCbc => fam == KeyFamily::Tdes,
-            WrapAlg::RsaOaepSha256 => fam == KeyFamily::Rsa,
+            WrapAlg::RsaOaepSha256 | WrapAlg::RsaOaepSha1 => fam == KeyFamily::Rsa,
         };
         if ok {
             Ok(())
@@ -83,18 +89,28 @@ pub enum MacAlg {
 /// Signature algorithms for key pairs (INT-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignAlg {
-    /// ECDSA over P-256 with SHA-256; signature as r || s (64 bytes).
+    /// ECDSA over P-256 with SHA-256; signature as r || s (64 bytes). The
+    /// digest is computed on the host (public data) and signed with
+    /// CKM_ECDSA: SoftHSM 2.6.1 has no CKM_ECDSA_SHA256.
     EcdsaP256Sha256,
     /// RSASSA-PSS with SHA-256, MGF1-SHA-256, 32-byte salt.
     RsaPssSha256,
 }
 
-fn oaep() -> PkcsOaepParams<'static> {
-    PkcsOaepParams::new(
-        MechanismType::SHA256,
-        PkcsMgfType::MGF1_SHA256,
-        PkcsOaepSource::empty(),
-    )
+fn oaep(sha1: bool) -> PkcsOaepParams<'static> {
+    if sha1 {
+        PkcsOaepParams::new(
+            MechanismType::SHA1,
+            PkcsMgfType::MGF1_SHA1,
+            PkcsOaepSource::empty(),
+        )
+    } else {
+        PkcsOaepParams::new(
+            MechanismType::SHA256,
+            PkcsMgfType::MGF1_SHA256,
+            PkcsOaepSource::empty(),
+        )
+    }
 }
 
 fn wrap_mechanism(alg: WrapAlg) -> Mechanism<'static> {
@@ -102,7 +118,8 @@ fn wrap_mechanism(alg: WrapAlg) -> Mechanism<'static> {
         WrapAlg::AesKw => Mechanism::AesKeyWrap,
         WrapAlg::AesKwp => Mechanism::AesKeyWrapPad,
         WrapAlg::TdesCbc => Mechanism::Des3Cbc([0; 8]),
-        WrapAlg::RsaOaepSha256 => Mechanism::RsaPkcsOaep(oaep()),
+        WrapAlg::RsaOaepSha256 => Mechanism::RsaPkcsOaep(oaep(false)),
+        WrapAlg::RsaOaepSha1 => Mechanism::RsaPkcsOaep(oaep(true)),
     }
 }
 
@@ -347,7 +364,7 @@ impl Hsm {
     pub fn sign(&self, key: &KeyRef, alg: SignAlg, data: &[u8]) -> Result<Vec<u8>, HsmError> {
         let session = self.session()?;
         let k = self.find(&session, key.object_id, primary_class(key.algorithm))?;
-        Ok(session.sign(&sign_mechanism(alg), k, data)?)
+        Ok(session.sign(&sign_mechanism(alg), k, &sign_input(alg, data))?)
     }
 
     pub fn verify(
@@ -359,7 +376,7 @@ impl Hsm {
     ) -> Result<bool, HsmError> {
         let session = self.session()?;
         let k = self.find(&session, key.object_id, ObjectClass::PUBLIC_KEY)?;
-        verdict(session.verify(&sign_mechanism(alg), k, data, signature))
+        verdict(session.verify(&sign_mechanism(alg), k, &sign_input(alg, data), signature))
     }
 }
 
@@ -372,12 +389,22 @@ fn mac_mechanism(alg: MacAlg) -> Mechanism<'static> {
 
 fn sign_mechanism(alg: SignAlg) -> Mechanism<'static> {
     match alg {
-        SignAlg::EcdsaP256Sha256 => Mechanism::EcdsaSha256,
+        SignAlg::EcdsaP256Sha256 => Mechanism::Ecdsa,
         SignAlg::RsaPssSha256 => Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
             hash_alg: MechanismType::SHA256,
             mgf: PkcsMgfType::MGF1_SHA256,
             s_len: 32u64.into(),
         }),
+    }
+}
+
+fn sign_input(alg: SignAlg, data: &[u8]) -> Vec<u8> {
+    match alg {
+        SignAlg::EcdsaP256Sha256 => {
+            use sha2::Digest;
+            sha2::Sha256::digest(data).to_vec()
+        }
+        SignAlg::RsaPssSha256 => data.to_vec(),
     }
 }
 

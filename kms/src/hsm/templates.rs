@@ -51,6 +51,7 @@ pub(crate) fn secret_key_type(alg: Algorithm) -> Option<KeyType> {
         Algorithm::Aes128 | Algorithm::Aes192 | Algorithm::Aes256 => Some(KeyType::AES),
         Algorithm::Tdes2 => Some(KeyType::DES2),
         Algorithm::Tdes3 => Some(KeyType::DES3),
+        Algorithm::HmacSha256 => Some(KeyType::GENERIC_SECRET),
         _ => None,
     }
 }
@@ -101,7 +102,7 @@ pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, how: Creation) -> Vec<Att
     if trust == Trust::TrustedBySecurityOfficer {
         t.push(Attribute::Trusted(true));
     }
-    if with_value_len && spec.algorithm.family() == KeyFamily::Aes {
+    if with_value_len && matches!(spec.algorithm.family(), KeyFamily::Aes | KeyFamily::Hmac) {
         if let Some(len) = spec.algorithm.secret_len() {
             t.push(Attribute::ValueLen((len as u64).into()));
         }

@@ -19,6 +19,9 @@ pub enum Algorithm {
     Rsa3072,
     Rsa4096,
     EcP256,
+    /// A 256-bit generic secret for HMAC-SHA256 (audit MACs). Generated in
+    /// the token only; never entered as components.
+    HmacSha256,
 }
 
 /// The broad family, which decides block size and which mechanisms apply.
@@ -28,10 +31,12 @@ pub enum KeyFamily {
     Tdes,
     Rsa,
     Ec,
+    /// Generic secret (HMAC).
+    Hmac,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::Aes128,
         Algorithm::Aes192,
         Algorithm::Aes256,
@@ -41,9 +46,10 @@ impl Algorithm {
         Algorithm::Rsa3072,
         Algorithm::Rsa4096,
         Algorithm::EcP256,
+        Algorithm::HmacSha256,
     ];
     const EXPECTED: &'static str =
-        "aes-128, aes-192, aes-256, tdes-2key, tdes-3key, rsa-2048, rsa-3072, rsa-4096, ec-p256";
+        "aes-128, aes-192, aes-256, tdes-2key, tdes-3key, rsa-2048, rsa-3072, rsa-4096, ec-p256, hmac-sha256";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +62,7 @@ impl Algorithm {
             Algorithm::Rsa3072 => "rsa-3072",
             Algorithm::Rsa4096 => "rsa-4096",
             Algorithm::EcP256 => "ec-p256",
+            Algorithm::HmacSha256 => "hmac-sha256",
         }
     }
 
@@ -65,6 +72,7 @@ impl Algorithm {
             Algorithm::Tdes2 | Algorithm::Tdes3 => KeyFamily::Tdes,
             Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => KeyFamily::Rsa,
             Algorithm::EcP256 => KeyFamily::Ec,
+            Algorithm::HmacSha256 => KeyFamily::Hmac,
         }
     }
 
@@ -73,7 +81,7 @@ impl Algorithm {
         match self {
             Algorithm::Aes128 | Algorithm::Tdes2 => Some(16),
             Algorithm::Aes192 | Algorithm::Tdes3 => Some(24),
-            Algorithm::Aes256 => Some(32),
+            Algorithm::Aes256 | Algorithm::HmacSha256 => Some(32),
             _ => None,
         }
     }

@@ -120,9 +120,10 @@ impl KeyUsage {
             | KeyUsage::SdStaticDek => matches!(fam, KeyFamily::Aes | KeyFamily::Tdes),
             // EMV Option A is defined for double-length TDES issuer master keys.
             KeyUsage::ImkAc | KeyUsage::ImkSmi | KeyUsage::ImkSmc => alg == Algorithm::Tdes2,
-            KeyUsage::Audit | KeyUsage::Mac | KeyUsage::Data => {
-                matches!(fam, KeyFamily::Aes | KeyFamily::Tdes)
+            KeyUsage::Audit | KeyUsage::Mac => {
+                matches!(fam, KeyFamily::Aes | KeyFamily::Tdes | KeyFamily::Hmac)
             }
+            KeyUsage::Data => matches!(fam, KeyFamily::Aes | KeyFamily::Tdes),
             KeyUsage::Signing => matches!(fam, KeyFamily::Rsa | KeyFamily::Ec),
         }
     }

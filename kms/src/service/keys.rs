@@ -193,7 +193,10 @@ impl KeyService {
         req: ImportComponents,
     ) -> Result<KeyRecord, ServiceError> {
         let alg = req.key.algorithm;
-        if !alg.is_secret() {
+        if !matches!(
+            alg.family(),
+            crate::model::KeyFamily::Aes | crate::model::KeyFamily::Tdes
+        ) {
             return Err(ServiceError::Invalid(
                 "only AES and TDES keys are entered as components".into(),
             ));
