@@ -156,6 +156,7 @@ impl TestKms {
             )
             .await
             .unwrap_or_else(|e| panic!("import {t}/{n}: {e}"))
+            .key
     }
 
     /// A trusted transport KEK with a known value (so tests can unwrap in software).
@@ -180,6 +181,7 @@ impl TestKms {
             )
             .await
             .expect("trusted KEK")
+            .key
         })
         .await
     }

@@ -216,7 +216,14 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                     },
                 )
                 .await?;
-            print(cli.json, &rec, || key_detail(&rec));
+            print(cli.json, &rec, || {
+                let mut s = key_detail(&rec.key);
+                s.push_str("check values (read aloud and compare with the sender's):\n");
+                for (m, k) in &rec.check_values {
+                    s.push_str(&format!("  {m:<9} {k}\n"));
+                }
+                s
+            });
         }
         KeyCommand::List { tenant } => {
             let tenant = tenant.as_deref().map(Tenant::parse).transpose()?;

@@ -46,6 +46,16 @@ pub struct ExportedKey {
     pub wrapped: String,
 }
 
+/// A key made from components, with every check value custodians may be
+/// asked to read aloud: the token's (E(zero block)), and for AES also
+/// ANSI X9.24-1:2017 (AES-CMAC, 5 bytes) and GlobalPlatform (E(16 x 01)).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportedKey {
+    #[serde(flatten)]
+    pub key: KeyRecord,
+    pub check_values: std::collections::BTreeMap<&'static str, String>,
+}
+
 /// What `key show` prints: the record and its history.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyView {
@@ -191,7 +201,7 @@ impl KeyService {
         &self,
         actor: &Actor,
         req: ImportComponents,
-    ) -> Result<KeyRecord, ServiceError> {
+    ) -> Result<ImportedKey, ServiceError> {
         let alg = req.key.algorithm;
         if !matches!(
             alg.family(),
@@ -222,19 +232,52 @@ impl KeyService {
             .kcv(method)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let token_expect = token_expect.as_bytes()[..3].to_vec();
-        self.create_with(actor, &req.key, "import", move |h, spec, trust| {
-            let created = h.import_clear(&spec, trust, key.as_bytes())?;
-            drop(key);
-            if created.kcv.as_deref() != Some(token_expect.as_slice()) {
-                // Undo: the object must not outlive the failed check.
-                h.destroy(spec.object_id)?;
-                return Err(HsmError::Invalid(
-                    "the token's check value differs from the components' check value".into(),
-                ));
+        // Computed now, while the value is in host memory anyway.
+        let mut check_values = std::collections::BTreeMap::new();
+        let methods: &[KcvMethod] = match alg.family() {
+            crate::model::KeyFamily::Aes => {
+                &[KcvMethod::AesEcb, KcvMethod::AesCmac, KcvMethod::AesGp]
             }
-            Ok(created.kcv)
+            _ => &[KcvMethod::Tdes],
+        };
+        for m in methods {
+            let k = key
+                .kcv(*m)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            check_values.insert(m.as_str(), k.to_string());
+        }
+        let summary = check_values
+            .iter()
+            .map(|(m, k)| format!("{m}={k}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let rec = self
+            .create_with(actor, &req.key, "import", move |h, spec, trust| {
+                let created = h.import_clear(&spec, trust, key.as_bytes())?;
+                drop(key);
+                if created.kcv.as_deref() != Some(token_expect.as_slice()) {
+                    // Undo: the object must not outlive the failed check.
+                    h.destroy(spec.object_id)?;
+                    return Err(HsmError::Invalid(
+                        "the token's check value differs from the components' check value".into(),
+                    ));
+                }
+                Ok(created.kcv)
+            })
+            .await?;
+        self.store
+            .record_event(
+                &rec.id,
+                Some(1),
+                actor.as_str(),
+                "check-values",
+                Some(&summary),
+            )
+            .await?;
+        Ok(ImportedKey {
+            key: rec,
+            check_values,
         })
-        .await
     }
 
     pub async fn get(&self, tenant: &Tenant, name: &KeyName) -> Result<KeyRecord, ServiceError> {

@@ -18,7 +18,7 @@ mod reconcile;
 pub use approvals::{ApprovalRequest, Executed, Operation};
 pub use cardkeys::{SdDiversification, WrappedKey};
 pub use error::ServiceError;
-pub use keys::{CreateKey, ExportedKey, ImportComponents, KeyView};
+pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileReport};
 
 use crate::hsm::{Hsm, HsmError};
