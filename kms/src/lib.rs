@@ -7,6 +7,7 @@
 //! computations done on values that are in host memory anyway (component
 //! entry and check values).
 
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod derivation;

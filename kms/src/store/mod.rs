@@ -16,6 +16,7 @@
 //! removed and kept as a `tombstone` (with its KCV) for ever after.
 
 mod approvals;
+mod audit;
 mod error;
 mod keys;
 mod records;
@@ -24,6 +25,7 @@ mod records;
 mod tests;
 
 pub use approvals::ApprovalRow;
+pub use audit::AuditFilter;
 pub use error::StoreError;
 pub use records::{
     EventRecord, KeyId, KeyRecord, NewKey, NewVersion, Presence, PresenceError, VersionRecord,
