@@ -111,7 +111,9 @@ fn inv1_km2_no_key_material_or_pin_in_the_database() {
         .await
         .unwrap();
         destroy_approved(svc, "issuer-a", "k2", 1).await.unwrap();
-        svc.reconcile().await.unwrap();
+        svc.reconcile(kms::service::ReconcileMode::Repair)
+            .await
+            .unwrap();
         let pins = (kms.token.user_pin.clone(), kms.token.so_pin.clone());
         let db = kms.db_path.clone();
         kms.close();

@@ -3,7 +3,7 @@
 
 use kms::hsm::{KeySpec, Trust};
 use kms::model::{Algorithm, KeyState, KeyUsage, ObjectId};
-use kms::service::{Finding, KeyService, ServiceError};
+use kms::service::{Finding, KeyService, ReconcileMode, ServiceError};
 use kms::store::{NewVersion, Presence};
 use kms_e2e::fixture::{actor, create_req, name, tenant, TestKms};
 
@@ -87,6 +87,21 @@ async fn crash_points_are_finished_or_reported() {
     )
     .await
     .unwrap();
+    // The destroy was approved (dual control) and claimed; then the crash.
+    let op = kms::service::Operation::Destroy {
+        tenant: "t1".into(),
+        key: "d".into(),
+        version: 1,
+        reason: None,
+    };
+    let req = svc.request(&actor("alice"), op).await.unwrap();
+    svc.approve(&actor("bob"), &req.id, &req.digest)
+        .await
+        .unwrap();
+    assert!(store
+        .move_approval_request(&req.id, "open", "executing")
+        .await
+        .unwrap());
     store
         .mark_destroying(&d.id, 1, "a", Some("test"))
         .await
@@ -94,8 +109,62 @@ async fn crash_points_are_finished_or_reported() {
     // 5. An object nobody names: reported, left alone.
     let orphan = ObjectId::random();
     hsm.generate(&spec(orphan), Trust::Normal).unwrap();
+    // 6. A row marked for destruction by editing the database, with no
+    //    approved request: reported, nothing destroyed.
+    let e = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "e", Algorithm::Aes128, KeyUsage::Data, false),
+        )
+        .await
+        .unwrap();
+    svc.transition(
+        &actor("a"),
+        &tenant("t1"),
+        &name("e"),
+        None,
+        kms::model::Transition::Deactivate,
+        None,
+    )
+    .await
+    .unwrap();
+    store
+        .mark_destroying(&e.id, 1, "mallory", None)
+        .await
+        .unwrap();
 
-    let report = svc.reconcile().await.unwrap();
+    // `kms status` only reports; a fresh pending row is left to its writer.
+    let report = svc.reconcile(ReconcileMode::Report).await.unwrap();
+    assert!(!report.repaired);
+    assert!(
+        report.findings.contains(&Finding::InFlight {
+            key: "t1/a".into(),
+            version: 2
+        }),
+        "{:?}",
+        report.findings
+    );
+    let report = svc
+        .reconcile_with_grace(ReconcileMode::Report, time_zero())
+        .await
+        .unwrap();
+    assert!(report.findings.contains(&Finding::AbandonedPending {
+        key: "t1/a".into(),
+        version: 2
+    }));
+    assert!(
+        svc.get(&tenant("t1"), &name("a"))
+            .await
+            .unwrap()
+            .version(2)
+            .is_some(),
+        "report changed nothing"
+    );
+
+    let report = svc
+        .reconcile_with_grace(ReconcileMode::Repair, time_zero())
+        .await
+        .unwrap();
     let f = &report.findings;
     assert!(
         f.contains(&Finding::AbandonedPending {
@@ -124,7 +193,19 @@ async fn crash_points_are_finished_or_reported() {
         "{f:?}"
     );
     assert!(f.iter().any(|x| matches!(x, Finding::OrphanObject { object_id, .. } if *object_id == orphan.to_string())), "{f:?}");
-    assert_eq!(report.problems().count(), 2);
+    assert!(
+        f.contains(&Finding::UnapprovedDestroy {
+            key: "t1/e".into(),
+            version: 1
+        }),
+        "{f:?}"
+    );
+    let e_obj = e.current().unwrap().object_id;
+    assert!(
+        hsm.exists(e_obj).unwrap(),
+        "an unapproved destroy is never carried out"
+    );
+    assert_eq!(report.problems().count(), 3);
 
     let b = svc.get(&tenant("t1"), &name("b")).await.unwrap();
     assert_eq!(b.version(2).unwrap().presence, Presence::Present);
@@ -154,7 +235,14 @@ async fn crash_points_are_finished_or_reported() {
     assert!(matches!(e, ServiceError::Inconsistent(_)), "{e}");
 
     // Reconciling again repairs nothing more and reports the same problems.
-    let again = svc.reconcile().await.unwrap();
-    assert_eq!(again.problems().count(), 2);
-    assert_eq!(again.findings.len(), 2);
+    let again = svc
+        .reconcile_with_grace(ReconcileMode::Repair, time_zero())
+        .await
+        .unwrap();
+    assert_eq!(again.problems().count(), 3, "{:?}", again.findings);
+    assert_eq!(again.findings.len(), 3);
+}
+
+fn time_zero() -> time::Duration {
+    time::Duration::ZERO
 }

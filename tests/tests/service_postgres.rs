@@ -58,7 +58,10 @@ async fn postgres_key_lifecycle_dual_control_and_reconcile() {
     let gone = destroy_approved(svc, "issuer-a", "imk", 1).await.unwrap();
     assert_eq!(gone.version(1).unwrap().presence, Presence::Tombstone);
     assert_eq!(gone.version(1).unwrap().kcv.as_deref(), Some("626B60"));
-    let report = svc.reconcile().await.unwrap();
+    let report = svc
+        .reconcile(kms::service::ReconcileMode::Repair)
+        .await
+        .unwrap();
     assert_eq!(report.problems().count(), 0, "{:?}", report.findings);
     assert_eq!(svc.list(None).await.unwrap().len(), 3);
 }

@@ -9,7 +9,9 @@ use kms::derivation::{parse_psn, Kdd, Pan};
 use kms::hsm::{Hsm, Role};
 use kms::model::{Algorithm, KeyName, KeyUsage, Tenant, Transition};
 use kms::policy::KeyPolicy;
-use kms::service::{Actor, CreateKey, Executed, ImportComponents, KeyService, Operation};
+use kms::service::{
+    Actor, CreateKey, Executed, ImportComponents, KeyService, Operation, ReconcileMode,
+};
 use kms::store::Store;
 use std::io::BufRead;
 use std::sync::Arc;
@@ -44,7 +46,8 @@ fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
 pub async fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Init => init(cli).await,
-        Command::Status | Command::Reconcile => status(cli).await,
+        Command::Status => status(cli, ReconcileMode::Report).await,
+        Command::Reconcile => status(cli, ReconcileMode::Repair).await,
         Command::Key(k) => key(cli, k).await,
         Command::Request(r) => request(cli, r).await,
         Command::Derive(d) => derive(cli, d).await,
@@ -54,7 +57,7 @@ pub async fn dispatch(cli: &Cli) -> Result<()> {
 
 async fn init(cli: &Cli) -> Result<()> {
     let svc = service(cli, Role::User).await?;
-    let report = svc.reconcile().await?;
+    let report = svc.reconcile(ReconcileMode::Repair).await?;
     print(cli.json, &report, || {
         format!(
             "database ready ({}), token logged in, {} key versions, {} objects on the token, {} findings",
@@ -67,9 +70,9 @@ async fn init(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-async fn status(cli: &Cli) -> Result<()> {
+async fn status(cli: &Cli, mode: ReconcileMode) -> Result<()> {
     let svc = service(cli, Role::User).await?;
-    let report = svc.reconcile().await?;
+    let report = svc.reconcile(mode).await?;
     let problems = report.problems().count();
     print(cli.json, &report, || {
         let mut s = format!(

@@ -208,10 +208,10 @@ impl Hsm {
     ) -> Result<(ObjectHandle, Vec<u8>), HsmError> {
         let scratch = session.generate_key(
             &Mechanism::AesKeyGen,
-            &templates::derivation_scratch(ObjectId::random()),
+            &templates::derivation_scratch(ObjectId::random(), trust),
         )?;
         let how = DeriveAlg::AesEcb(session.generate_random_vec(16)?);
-        let made = Self::twin_kcv(session, spec, Creation::Derive, |t| {
+        let made = Self::twin_kcv(session, spec, Creation::Derive, trust, |t| {
             self.raw.derive(session, scratch, &how, t)
         })
         .and_then(|kcv| {

@@ -144,12 +144,13 @@ impl Hsm {
         session: &Session,
         spec: &KeySpec,
         how: Creation,
+        trust: Trust,
         make: F,
     ) -> Result<Vec<u8>, HsmError>
     where
         F: Fn(&[cryptoki::object::Attribute]) -> Result<ObjectHandle, HsmError>,
     {
-        let twin = make(&templates::kcv_twin(spec, how))?;
+        let twin = make(&templates::kcv_twin(spec, how, trust))?;
         let kcv = Self::zero_block_kcv(session, twin, spec.algorithm);
         session.destroy_object(twin)?;
         kcv
@@ -215,7 +216,7 @@ impl Hsm {
         let session = self.session()?;
         let uk = self.wrapping_key(&session, kek, true)?;
         let mech = wrap_mechanism(alg);
-        let kcv = Self::twin_kcv(&session, spec, Creation::Unwrap, |t| {
+        let kcv = Self::twin_kcv(&session, spec, Creation::Unwrap, trust, |t| {
             Ok(session.unwrap_key(&mech, uk, wrapped, t)?)
         })?;
         let template = templates::secret_key(spec, trust, Creation::Unwrap);
@@ -241,7 +242,7 @@ impl Hsm {
         }
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
-        let kcv = Self::twin_kcv(&session, spec, Creation::Derive, |t| {
+        let kcv = Self::twin_kcv(&session, spec, Creation::Derive, Trust::Normal, |t| {
             self.raw.derive(&session, b, how, t)
         })?;
         self.raw.derive(
@@ -275,7 +276,7 @@ impl Hsm {
         let session = self.session()?;
         let b = self.find(&session, base.object_id, ObjectClass::SECRET_KEY)?;
         let wk = self.wrapping_key(&session, kek, false)?;
-        let kcv = Self::twin_kcv(&session, &spec, Creation::Derive, |t| {
+        let kcv = Self::twin_kcv(&session, &spec, Creation::Derive, Trust::Normal, |t| {
             self.raw.derive(&session, b, how, t)
         })?;
         let h = self.raw.derive(

@@ -1,6 +1,6 @@
 //! The one place that decides the attributes of every key object we create.
 //!
-//! Invariant 2 of DEVELOPERS.md is enforced here and nowhere else:
+//! Security invariant 2 (docs/threat-model.md) is enforced here and nowhere else:
 //! - every secret or private key is CKA_SENSITIVE;
 //! - CKA_EXTRACTABLE only when the key is exportable, and then always
 //!   CKA_WRAP_WITH_TRUSTED, so only a KEK the security officer marked trusted
@@ -117,7 +117,7 @@ pub(crate) fn secret_key(spec: &KeySpec, trust: Trust, how: Creation) -> Vec<Att
 /// keys (measured), and the real key may not have CKA_ENCRYPT. The twin can
 /// only encrypt, is not extractable, and is destroyed right after it
 /// encrypted the zero block.
-pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation) -> Vec<Attribute> {
+pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation, trust: Trust) -> Vec<Attribute> {
     let twin = KeySpec {
         exportable: false,
         persistent: false,
@@ -129,6 +129,8 @@ pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation) -> Vec<Attribute> {
     for a in t.iter_mut() {
         match a {
             Attribute::Encrypt(e) => *e = true,
+            // Under the SO's login only public objects can be made.
+            Attribute::Private(p) => *p = trust == Trust::Normal,
             Attribute::Decrypt(b)
             | Attribute::Wrap(b)
             | Attribute::Unwrap(b)
@@ -143,13 +145,13 @@ pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation) -> Vec<Attribute> {
 
 /// Template of a short-lived helper key that exists only to derive another
 /// key inside the token (e.g. a 2-key TDES key, which SoftHSM cannot generate).
-pub(crate) fn derivation_scratch(object_id: ObjectId) -> Vec<Attribute> {
+pub(crate) fn derivation_scratch(object_id: ObjectId, trust: Trust) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::ValueLen(32u64.into()),
         Attribute::Token(false),
-        Attribute::Private(true),
+        Attribute::Private(trust == Trust::Normal),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Id(object_id.as_bytes().to_vec()),

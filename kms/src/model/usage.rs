@@ -1,7 +1,7 @@
 //! What a key is for, and therefore which PKCS#11 operations its object allows.
 //!
 //! A usage decides the key's capabilities once, at creation; the HSM templates
-//! turn these into CKA_* flags. Invariant 2 of DEVELOPERS.md lives here: no usage
+//! turn these into CKA_* flags. Invariant 2 (docs/threat-model.md) lives here: no usage
 //! both wraps and encrypts/decrypts.
 
 use super::{Algorithm, KeyFamily, ParseError};

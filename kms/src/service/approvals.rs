@@ -250,15 +250,33 @@ impl KeyService {
                 self.needed()
             )));
         }
-        // Close first: a request can only ever run once, even if two
-        // executions race.
-        if !self.store.close_approval_request(id, "executed").await? {
+        // Claim it first: a request runs at most once, even if two
+        // executions race; its final status says how it ended.
+        if !self
+            .store
+            .move_approval_request(id, "open", "executing")
+            .await?
+        {
             return Err(ServiceError::Refused(format!(
                 "request {id} is no longer open"
             )));
         }
         let why = format!("request {id} approved by {}", req.approvers.join(", "));
-        match req.operation {
+        let result = self.run_operation(actor, req.operation, &why).await;
+        let status = if result.is_ok() { "executed" } else { "failed" };
+        self.store
+            .move_approval_request(id, "executing", status)
+            .await?;
+        result
+    }
+
+    async fn run_operation(
+        &self,
+        actor: &Actor,
+        operation: Operation,
+        why: &str,
+    ) -> Result<Executed, ServiceError> {
+        match operation {
             Operation::Export {
                 tenant,
                 key,

@@ -55,7 +55,11 @@ impl ServiceError {
         match self {
             ServiceError::Invalid(_) | ServiceError::NotFound(_) | ServiceError::Component(_) => 2,
             ServiceError::Refused(_) => 3,
-            ServiceError::Store(StoreError::Duplicate { .. }) => 2,
+            ServiceError::Store(
+                StoreError::Duplicate { .. }
+                | StoreError::Invalid { .. }
+                | StoreError::NotFound { .. },
+            ) => 2,
             ServiceError::Store(StoreError::Conflict { .. })
             | ServiceError::Store(StoreError::IllegalTransition(_)) => 3,
             _ => 1,

@@ -19,7 +19,7 @@ pub use approvals::{ApprovalRequest, Executed, Operation};
 pub use cardkeys::{SdDiversification, WrappedKey};
 pub use error::ServiceError;
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
-pub use reconcile::{Finding, ReconcileReport};
+pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
 
 use crate::hsm::{Hsm, HsmError};
 use crate::policy::KeyPolicy;

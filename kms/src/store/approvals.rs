@@ -89,6 +89,29 @@ impl Store {
         }))
     }
 
+    /// Requests in one of these states, oldest first.
+    pub async fn approval_requests_in(
+        &self,
+        statuses: &[&str],
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let mut out = Vec::new();
+        for st in statuses {
+            let ids = sqlx::query(
+                "SELECT id FROM approval_requests WHERE status = $1 ORDER BY requested_at",
+            )
+            .bind(*st)
+            .fetch_all(self.pool())
+            .await?;
+            for r in ids {
+                let id: String = r.try_get("id")?;
+                if let Some(row) = self.approval_request(&id).await? {
+                    out.push(row);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Record one approval. The primary key makes a second approval by the
     /// same person a `Conflict`, whatever the caller checked before.
     pub async fn add_approval(
@@ -121,15 +144,22 @@ impl Store {
         Ok(())
     }
 
-    /// open -> executed/cancelled, once. Returns false if it was not open.
-    pub async fn close_approval_request(&self, id: &str, status: &str) -> Result<bool, StoreError> {
+    /// Move a request from `from` to `to` (open -> executing -> executed or
+    /// failed), once. Returns false if it was not in `from`.
+    pub async fn move_approval_request(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
-            "UPDATE approval_requests SET status = $2, closed_at = $3 WHERE id = $1 AND status = 'open'",
+            "UPDATE approval_requests SET status = $2, closed_at = $3 WHERE id = $1 AND status = $4",
         )
         .bind(id)
-        .bind(status)
+        .bind(to)
         .bind(format_time(OffsetDateTime::now_utc())?)
+        .bind(from)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
