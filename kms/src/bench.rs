@@ -161,15 +161,28 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     };
     // The transport KEK must be trusted to wrap derived (wrap-with-trusted)
     // keys: made under the security officer's login, then the user's.
+    // The bench approves its own request: it works on a throw-away database
+    // and destroys this KEK (whose value nobody knows) when it ends.
     let kek_rec = {
+        let user = service(&cfg, &db, Role::User).await?;
+        let op = kms::service::Operation::TrustedKek {
+            tenant: tenant.to_string(),
+            key: "transport".into(),
+            algorithm: Algorithm::Aes128.as_str().into(),
+            usage: KeyUsage::TransportKek.as_str().into(),
+            kcv: None,
+        };
+        let r = user.request(&who, op).await?;
+        user.approve(&Actor::parse("bench-approver")?, &r.id, &r.digest)
+            .await?;
+        drop(user);
         let so = service(&cfg, &db, Role::SecurityOfficer)
             .await
             .context("the bench needs the SO PIN to create its trusted transport KEK")?;
-        so.create(
-            &who,
-            req("transport", Algorithm::Aes128, KeyUsage::TransportKek, true)?,
-        )
-        .await?
+        match so.execute(&who, &r.id).await? {
+            kms::service::Executed::Key(k) => k,
+            kms::service::Executed::Exported(_) => anyhow::bail!("unexpected result"),
+        }
     };
     let svc = service(&cfg, &db, Role::User).await?;
     let imk_rec = svc

@@ -23,6 +23,8 @@ pub enum SensitiveAction {
     Export,
     Destroy,
     Compromise,
+    /// Create a KEK with CKA_TRUSTED (it may then wrap exportable keys).
+    Trust,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +80,11 @@ impl KeyPolicy {
         if f.dual_control.approvals < 1 {
             return Err("dual_control.approvals must be at least 1".into());
         }
-        for must in [SensitiveAction::Export, SensitiveAction::Destroy] {
+        for must in [
+            SensitiveAction::Export,
+            SensitiveAction::Destroy,
+            SensitiveAction::Trust,
+        ] {
             if !f.dual_control.operations.contains(&must) {
                 return Err(format!("dual_control.operations must include {must:?}"));
             }
@@ -98,7 +104,11 @@ impl KeyPolicy {
             exportable: Vec::new(),
             cryptoperiod_days: BTreeMap::new(),
             dual_control: DualControl {
-                operations: vec![SensitiveAction::Export, SensitiveAction::Destroy],
+                operations: vec![
+                    SensitiveAction::Export,
+                    SensitiveAction::Destroy,
+                    SensitiveAction::Trust,
+                ],
                 approvals: 1,
                 request_ttl_minutes: 60,
             },
@@ -142,7 +152,7 @@ mod tests {
             include_str!("../../policies/keys.toml").replace("approvals = 1", "approvals = 0");
         assert!(KeyPolicy::parse(&text).is_err());
         let text = include_str!("../../policies/keys.toml").replace(
-            "operations = [\"export\", \"destroy\", \"compromise\"]",
+            "operations = [\"export\", \"destroy\", \"compromise\", \"trust\"]",
             "operations = []",
         );
         assert!(KeyPolicy::parse(&text).is_err());

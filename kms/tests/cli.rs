@@ -111,7 +111,11 @@ impl Cli {
 
     /// request (alice) -> approve (bob) -> execute (alice)
     fn dual_control(&self, request: &[&str]) -> Out {
-        let mut a = vec!["--actor", "alice"];
+        self.dual_control_as("alice", request)
+    }
+
+    fn dual_control_as(&self, requester: &str, request: &[&str]) -> Out {
+        let mut a = vec!["--actor", requester];
         a.extend_from_slice(request);
         let req = self.json(&a);
         let id = req["id"].as_str().unwrap().to_owned();
@@ -119,7 +123,7 @@ impl Cli {
         self.ok(&[
             "--actor", "bob", "request", "approve", &id, "--digest", &digest,
         ]);
-        self.run(&["--actor", "alice", "request", "execute", &id])
+        self.run(&["--actor", requester, "request", "execute", &id])
     }
 }
 
@@ -159,7 +163,8 @@ fn cli_key_lifecycle_and_exit_codes() {
     cli.ok(&[
         "key", "create", "-t", "issuer-a", "sig", "--alg", "ec-p256", "--usage", "signing",
     ]);
-    cli.ok(&[
+    // A trusted KEK: one person alone gets only a request.
+    let tk = [
         "key",
         "create",
         "-t",
@@ -170,7 +175,18 @@ fn cli_key_lifecycle_and_exit_codes() {
         "--usage",
         "transport-kek",
         "--trusted",
-    ]);
+    ];
+    let mut alone = vec!["--actor", "so"];
+    alone.extend_from_slice(&tk);
+    let alone = cli.ok(&alone);
+    assert!(
+        alone.stdout.contains("needs 1 approval"),
+        "{}",
+        alone.stdout
+    );
+    let trusted = cli.dual_control_as("so", &tk);
+    assert_eq!(trusted.code, 0, "{}", trusted.stderr);
+    assert!(trusted.stdout.contains("trusted"), "{}", trusted.stdout);
 
     let list = cli.json(&["key", "list", "-t", "issuer-a"]);
     assert_eq!(list.as_array().unwrap().len(), 4);

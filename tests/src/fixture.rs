@@ -159,7 +159,10 @@ impl TestKms {
             .key
     }
 
-    /// A trusted transport KEK with a known value (so tests can unwrap in software).
+    /// A trusted transport KEK with a known value (so tests can unwrap in
+    /// software), through dual control: the security officer requests it,
+    /// bob approves, the security officer executes under the SO login while
+    /// custodians enter the components.
     pub async fn trusted_kek(
         &mut self,
         t: &str,
@@ -168,20 +171,28 @@ impl TestKms {
         value: &[u8],
     ) -> KeyRecord {
         let (components, expected_kcv) = split(value, alg);
-        let mut req = create_req(t, n, alg, KeyUsage::TransportKek, false);
-        req.trusted = true;
-        self.as_security_officer(|so| async move {
-            so.import_components(
-                &actor("security-officer"),
-                ImportComponents {
-                    key: req,
-                    components,
-                    expected_kcv,
-                },
-            )
+        let op = kms::service::Operation::TrustedKek {
+            tenant: t.into(),
+            key: n.into(),
+            algorithm: alg.as_str().into(),
+            usage: KeyUsage::TransportKek.as_str().into(),
+            kcv: Some(expected_kcv.to_string()),
+        };
+        let so_actor = actor("security-officer");
+        let req = self.svc().request(&so_actor, op).await.expect("request");
+        self.svc()
+            .approve(&actor("bob"), &req.id, &req.digest)
             .await
-            .expect("trusted KEK")
-            .key
+            .expect("approve");
+        self.as_security_officer(|so| async move {
+            match so
+                .execute_with(&so_actor, &req.id, components)
+                .await
+                .expect("trusted KEK")
+            {
+                kms::service::Executed::Key(k) => k,
+                other => panic!("trusted KEK returned {other:?}"),
+            }
         })
         .await
     }

@@ -145,3 +145,54 @@ async fn inv3_compromise_and_destroy_need_approval() {
         kms::model::KeyState::Compromised
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inv3_trusted_kek_needs_approval_and_the_security_officer() {
+    let mut kms = TestKms::new().await;
+    let mut req = create_req("t1", "tk", Algorithm::Aes128, KeyUsage::TransportKek, false);
+    req.trusted = true;
+    refused(
+        kms.svc().create(&actor("so"), req).await.unwrap_err(),
+        "dual control",
+    );
+    let op = Operation::TrustedKek {
+        tenant: "t1".into(),
+        key: "tk".into(),
+        algorithm: "aes-128".into(),
+        usage: "transport-kek".into(),
+        kcv: None,
+    };
+    let r = kms.svc().request(&actor("so"), op).await.unwrap();
+    refused(
+        kms.svc().execute(&actor("so"), &r.id).await.unwrap_err(),
+        "security officer",
+    );
+    kms.svc()
+        .approve(&actor("bob"), &r.id, &r.digest)
+        .await
+        .unwrap();
+    refused(
+        kms.svc().execute(&actor("so"), &r.id).await.unwrap_err(),
+        "security officer",
+    );
+    let id = r.id.clone();
+    let rec = kms
+        .as_security_officer(|so| async move {
+            refused(
+                so.execute(&actor("mallory"), &id).await.unwrap_err(),
+                "only the requester",
+            );
+            so.execute(&actor("so"), &id).await.unwrap()
+        })
+        .await;
+    let kms::service::Executed::Key(rec) = rec else {
+        panic!()
+    };
+    assert!(rec.current().unwrap().trusted);
+    let attrs = kms
+        .svc()
+        .hsm()
+        .attributes(rec.current().unwrap().object_id)
+        .unwrap();
+    assert!(attrs[0].trusted && attrs[0].sensitive && !attrs[0].extractable);
+}

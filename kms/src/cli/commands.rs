@@ -181,12 +181,17 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             trusted,
         } => {
             let req = create_request(id, alg, usage, *exportable, !pre_activation, *trusted)?;
-            let role = if *trusted {
-                Role::SecurityOfficer
-            } else {
-                Role::User
-            };
-            let svc = service(cli, role).await?;
+            if *trusted {
+                let op = Operation::TrustedKek {
+                    tenant: id.tenant.clone(),
+                    key: id.name.clone(),
+                    algorithm: req.algorithm.as_str().into(),
+                    usage: req.usage.as_str().into(),
+                    kcv: None,
+                };
+                return submit(cli, &who, op).await;
+            }
+            let svc = service(cli, Role::User).await?;
             let rec = svc.create(&who, req).await?;
             print(cli.json, &rec, || key_detail(&rec));
         }
@@ -202,13 +207,19 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         } => {
             let req = create_request(id, alg, usage, *exportable, true, *trusted)?;
             let expected_kcv = Kcv::parse_hex(kcv).context("--kcv")?;
+            if *trusted {
+                // The components are entered when the approved request runs.
+                let op = Operation::TrustedKek {
+                    tenant: id.tenant.clone(),
+                    key: id.name.clone(),
+                    algorithm: req.algorithm.as_str().into(),
+                    usage: req.usage.as_str().into(),
+                    kcv: Some(expected_kcv.to_string()),
+                };
+                return submit(cli, &who, op).await;
+            }
             let comps = read_components(*components, req.algorithm, *stdin)?;
-            let role = if *trusted {
-                Role::SecurityOfficer
-            } else {
-                Role::User
-            };
-            let svc = service(cli, role).await?;
+            let svc = service(cli, Role::User).await?;
             let rec = svc
                 .import_components(
                     &who,
@@ -395,8 +406,27 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 )
             });
         }
-        RequestCommand::Execute { id } => {
-            let out = svc.execute(&who, id).await?;
+        RequestCommand::Execute {
+            id,
+            components,
+            stdin,
+        } => {
+            let op = svc.approval(id).await?.operation;
+            let svc = if op.needs_security_officer() {
+                drop(svc);
+                service(cli, Role::SecurityOfficer).await?
+            } else {
+                svc
+            };
+            let comps = match &op {
+                Operation::TrustedKek {
+                    algorithm,
+                    kcv: Some(_),
+                    ..
+                } => read_components(*components, algorithm.parse()?, *stdin)?,
+                _ => Vec::new(),
+            };
+            let out = svc.execute_with(&who, id, comps).await?;
             print(cli.json, &out, || match &out {
                 Executed::Exported(e) => format!(
                     "{}/{} v{} (kcv {}) wrapped under {} v{} with {:?}:\n{}",

@@ -75,7 +75,7 @@ pub enum KeyCommand {
         /// Create in pre-activation instead of active.
         #[arg(long)]
         pre_activation: bool,
-        /// Create as a trusted KEK; logs in as the security officer.
+        /// Request a trusted KEK (dual control; executed under the SO login).
         #[arg(long)]
         trusted: bool,
     },
@@ -180,8 +180,17 @@ pub enum RequestCommand {
         #[arg(long)]
         digest: String,
     },
-    /// Execute your approved request.
-    Execute { id: String },
+    /// Execute your approved request. A trusted-KEK request runs under the
+    /// security officer's login; one entered by components asks for them.
+    Execute {
+        id: String,
+        /// Number of components (2 or 3), for a trusted KEK entered by components.
+        #[arg(long, default_value_t = 2)]
+        components: usize,
+        /// Read components from standard input (see `key import --stdin`).
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

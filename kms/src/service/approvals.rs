@@ -39,6 +39,16 @@ pub enum Operation {
         version: Option<u32>,
         reason: String,
     },
+    /// Create a KEK with CKA_TRUSTED, executed under the security officer's
+    /// login: generated in the token, or, when `kcv` is given, entered as
+    /// components whose combined check value must equal it.
+    TrustedKek {
+        tenant: String,
+        key: String,
+        algorithm: String,
+        usage: String,
+        kcv: Option<String>,
+    },
 }
 
 impl Operation {
@@ -47,6 +57,7 @@ impl Operation {
             Operation::Export { .. } => SensitiveAction::Export,
             Operation::Destroy { .. } => SensitiveAction::Destroy,
             Operation::Compromise { .. } => SensitiveAction::Compromise,
+            Operation::TrustedKek { .. } => SensitiveAction::Trust,
         }
     }
 
@@ -94,8 +105,48 @@ impl Operation {
                     return Err(ServiceError::Invalid("a compromise needs a reason".into()));
                 }
             }
+            Operation::TrustedKek {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                kcv,
+            } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+                let alg = algorithm.parse::<crate::model::Algorithm>()?;
+                let usage = usage.parse::<crate::model::KeyUsage>()?;
+                if !usage.is_wrapping() || !usage.allows(alg) || !alg.is_secret() {
+                    return Err(ServiceError::Invalid(
+                        "a trusted KEK is a secret kek, transport-kek or backup-kek".into(),
+                    ));
+                }
+                if let Some(k) = kcv {
+                    crate::crypto::Kcv::parse_hex(k)
+                        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether executing needs the security officer's login.
+    pub fn needs_security_officer(&self) -> bool {
+        matches!(self, Operation::TrustedKek { .. })
+    }
+
+    /// Whether executing needs key components typed by custodians.
+    pub fn needs_components(&self) -> bool {
+        matches!(self, Operation::TrustedKek { kcv: Some(_), .. })
+    }
+
+    fn key_name(&self) -> (&str, &str) {
+        match self {
+            Operation::Export { tenant, key, .. }
+            | Operation::Destroy { tenant, key, .. }
+            | Operation::Compromise { tenant, key, .. }
+            | Operation::TrustedKek { tenant, key, .. } => (tenant, key),
+        }
     }
 }
 
@@ -162,12 +213,20 @@ impl KeyService {
         op: Operation,
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
-        let (Operation::Export { tenant, key, .. }
-        | Operation::Destroy { tenant, key, .. }
-        | Operation::Compromise { tenant, key, .. }) = &op;
-        // Refuse requests for keys that do not exist, before anyone is asked.
-        self.get(&Tenant::parse(tenant)?, &KeyName::parse(key)?)
-            .await?;
+        let (tenant, key) = op.key_name();
+        let (tenant, key) = (Tenant::parse(tenant)?, KeyName::parse(key)?);
+        // Refuse requests that cannot run, before anyone is asked.
+        let existing = self.store.find_key(&tenant, &key).await?;
+        match (&op, existing) {
+            (Operation::TrustedKek { .. }, Some(_)) => {
+                return Err(ServiceError::Invalid(format!(
+                    "tenant {tenant} already has a key named {key}"
+                )))
+            }
+            (Operation::TrustedKek { .. }, None) => {}
+            (_, None) => return Err(ServiceError::NotFound(format!("{tenant}/{key}"))),
+            (_, Some(_)) => {}
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
         self.store
@@ -231,7 +290,32 @@ impl KeyService {
 
     /// Run an approved request, once, as its requester.
     pub async fn execute(&self, actor: &Actor, id: &str) -> Result<Executed, ServiceError> {
+        self.execute_with(actor, id, Vec::new()).await
+    }
+
+    /// As `execute`, for operations that take custodians' components
+    /// (a trusted KEK entered by components).
+    pub async fn execute_with(
+        &self,
+        actor: &Actor,
+        id: &str,
+        components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
+    ) -> Result<Executed, ServiceError> {
         let req = self.load_request(id).await?;
+        if req.operation.needs_security_officer()
+            && self.hsm.role() != crate::hsm::Role::SecurityOfficer
+        {
+            return Err(ServiceError::Refused(
+                "this request runs under the security officer's login".into(),
+            ));
+        }
+        if req.operation.needs_components() == components.is_empty() {
+            return Err(ServiceError::Invalid(if components.is_empty() {
+                "this request needs the custodians' components".into()
+            } else {
+                "this request takes no components".into()
+            }));
+        }
         self.check_open(&req)?;
         if actor.as_str() != req.requested_by {
             return Err(ServiceError::Refused(
@@ -262,7 +346,9 @@ impl KeyService {
             )));
         }
         let why = format!("request {id} approved by {}", req.approvers.join(", "));
-        let result = self.run_operation(actor, req.operation, &why).await;
+        let result = self
+            .run_operation(actor, req.operation, &why, components)
+            .await;
         let status = if result.is_ok() { "executed" } else { "failed" };
         self.store
             .move_approval_request(id, "executing", status)
@@ -275,6 +361,7 @@ impl KeyService {
         actor: &Actor,
         operation: Operation,
         why: &str,
+        components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
     ) -> Result<Executed, ServiceError> {
         match operation {
             Operation::Export {
@@ -331,6 +418,44 @@ impl KeyService {
                         crate::model::Transition::Compromise,
                         Some(&reason),
                     )
+                    .await?;
+                Ok(Executed::Key(rec))
+            }
+            Operation::TrustedKek {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                kcv,
+            } => {
+                let req = super::CreateKey {
+                    tenant: Tenant::parse(&tenant)?,
+                    name: KeyName::parse(&key)?,
+                    algorithm: algorithm.parse()?,
+                    usage: usage.parse()?,
+                    exportable: false,
+                    activate: true,
+                    trusted: true,
+                };
+                let rec = match kcv {
+                    None => self.create_now(actor, req).await?,
+                    Some(k) => {
+                        let expected_kcv = crate::crypto::Kcv::parse_hex(&k)
+                            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                        self.import_components_now(
+                            actor,
+                            super::ImportComponents {
+                                key: req,
+                                components,
+                                expected_kcv,
+                            },
+                        )
+                        .await?
+                        .key
+                    }
+                };
+                self.store
+                    .record_event(&rec.id, Some(1), actor.as_str(), "trust", Some(why))
                     .await?;
                 Ok(Executed::Key(rec))
             }

@@ -64,6 +64,17 @@ pub struct KeyView {
     pub events: Vec<crate::store::EventRecord>,
 }
 
+/// Invariant 3: marking a KEK trusted is never one person's act.
+fn refuse_trusted(req: &CreateKey) -> Result<(), ServiceError> {
+    if req.trusted {
+        return Err(ServiceError::Refused(
+            "a trusted KEK needs dual control: request it (kms key create --trusted makes the request)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn hex_kcv(kcv: &Option<Vec<u8>>) -> Option<String> {
     kcv.as_ref().map(hex::encode_upper)
 }
@@ -185,8 +196,18 @@ impl KeyService {
         }
     }
 
-    /// Generate a key inside the HSM (KM-1).
+    /// Generate a key inside the HSM (KM-1). A trusted KEK is not created
+    /// here: it needs dual control (`Operation::TrustedKek`).
     pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<KeyRecord, ServiceError> {
+        refuse_trusted(&req)?;
+        self.create_now(actor, req).await
+    }
+
+    pub(crate) async fn create_now(
+        &self,
+        actor: &Actor,
+        req: CreateKey,
+    ) -> Result<KeyRecord, ServiceError> {
         self.create_with(actor, &req, "create", |h, spec, trust| {
             Ok(h.generate(&spec, trust)?.kcv)
         })
@@ -198,6 +219,15 @@ impl KeyService {
     /// before the token sees anything; the token's own check value is then
     /// compared again. The clear value lives in zeroizing buffers only.
     pub async fn import_components(
+        &self,
+        actor: &Actor,
+        req: ImportComponents,
+    ) -> Result<ImportedKey, ServiceError> {
+        refuse_trusted(&req.key)?;
+        self.import_components_now(actor, req).await
+    }
+
+    pub(crate) async fn import_components_now(
         &self,
         actor: &Actor,
         req: ImportComponents,
