@@ -176,11 +176,11 @@ pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
             }
             _ => {}
         }
-        let hex_run = longest_run(&text, |c| c.is_ascii_hexdigit());
+        let hex_run = longest_run(text, |c| c.is_ascii_hexdigit());
         if hex_run >= 13 {
             found.push(format!("{}: {hex_run} hex digits in a row", cell.place()));
         }
-        if base64_like(&text) {
+        if base64_like(text) {
             found.push(format!("{}: a base64-like run", cell.place()));
         }
     }
