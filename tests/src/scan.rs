@@ -339,6 +339,23 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// An audit record body without the fields that are hashes by design
+/// (prev, hash, mac, and digests in details), for the shape heuristics.
+fn strip_chain_fields(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            for k in ["prev", "hash", "mac"] {
+                m.remove(k);
+            }
+            if let Some(serde_json::Value::Object(d)) = m.get_mut("details") {
+                d.retain(|k, _| !k.contains("digest") && !k.contains("hash"));
+            }
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => body.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,19 +380,3 @@ mod tests {
     }
 }
 
-/// An audit record body without the fields that are hashes by design
-/// (prev, hash, mac, and digests in details), for the shape heuristics.
-fn strip_chain_fields(body: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut m)) => {
-            for k in ["prev", "hash", "mac"] {
-                m.remove(k);
-            }
-            if let Some(serde_json::Value::Object(d)) = m.get_mut("details") {
-                d.retain(|k, _| !k.contains("digest") && !k.contains("hash"));
-            }
-            serde_json::Value::Object(m).to_string()
-        }
-        _ => body.to_owned(),
-    }
-}
