@@ -184,3 +184,54 @@ async fn km2_aes_key_wrap_known_answers_through_dual_control_export() {
         }
     }
 }
+
+/// KM-7: derived keys are session objects destroyed in the same call;
+/// after many derivations the token holds exactly what it held before.
+#[tokio::test(flavor = "multi_thread")]
+async fn km7_no_derived_key_outlives_its_request() {
+    let v = KnownAnswers::load().unwrap();
+    let mut kms = TestKms::new().await;
+    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT).await;
+    let e = &v.emv_option_a[0];
+    kms.import("issuer-a", "imk", Algorithm::Tdes2, KeyUsage::ImkAc, false, &e.imk).await;
+    let d = v.sd_diversification.iter().find(|d| d.method == SdMethod::Kdf3).unwrap();
+    kms.import("issuer-a", "kmc", Algorithm::Aes128, KeyUsage::SdKmc, false, &d.kmc).await;
+    let hsm = kms.svc().hsm().clone();
+    let before = hsm.object_count().unwrap();
+    for i in 0..25u64 {
+        let pan = Pan::parse(&format!("{}", 4_000_000_000_000_000u64 + i)).unwrap();
+        kms.svc()
+            .emv_card_key(&tenant("issuer-a"), &name("imk"), &pan, 1, &name("transport"))
+            .await
+            .unwrap();
+        kms.svc()
+            .sd_static_keys(
+                &tenant("issuer-a"),
+                &name("kmc"),
+                SdDiversification::Kdf3,
+                &Kdd::parse_hex(&hex::encode(d.kdd)).unwrap(),
+                &name("transport"),
+            )
+            .await
+            .unwrap();
+    }
+    // A refused derivation leaves nothing either.
+    assert!(kms
+        .svc()
+        .emv_card_key(&tenant("issuer-a"), &name("imk"), &Pan::parse("4000000000000001").unwrap(), 1, &name("imk"))
+        .await
+        .is_err());
+        assert_eq!(hsm.object_count().unwrap(), before);
+    // Control: the count does see session objects.
+    let probe = kms::hsm::KeySpec {
+        algorithm: Algorithm::Aes128,
+        usage: KeyUsage::Data,
+        exportable: false,
+        object_id: kms::model::ObjectId::random(),
+        label: "probe".into(),
+        persistent: false,
+    };
+    hsm.generate(&probe, kms::hsm::Trust::Normal).unwrap();
+    assert_eq!(hsm.object_count().unwrap(), before + 1);
+    hsm.destroy(probe.object_id).unwrap();
+}

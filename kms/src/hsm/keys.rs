@@ -298,6 +298,12 @@ impl Hsm {
         })
     }
 
+        /// Every object this login can see, token and session objects alike
+    /// (KM-7: a test counts them around derivations).
+    pub fn object_count(&self) -> Result<usize, HsmError> {
+        Ok(self.session()?.find_objects(&[])?.len())
+    }
+
     /// Whether the token holds any object with this CKA_ID.
     pub fn exists(&self, id: ObjectId) -> Result<bool, HsmError> {
         let session = self.session()?;
