@@ -55,6 +55,7 @@ async fn sp800_57_states_rotation_and_destroy_with_tombstone() {
     req.activate = false;
     let rec = svc.create(&actor("alice"), req).await.unwrap();
     assert_eq!(rec.current().unwrap().state, KeyState::PreActivation);
+    assert!(rec.current().unwrap().activate_at.is_none());
     // A pre-activation key protects nothing.
     let e = export_approved(svc, "t1", "enc", "kek", None)
         .await
@@ -71,6 +72,11 @@ async fn sp800_57_states_rotation_and_destroy_with_tombstone() {
     )
     .await
     .unwrap();
+    let active = svc.get(&t, &n).await.unwrap();
+    let v = active.current().unwrap();
+    let (on, until) = (v.activate_at.unwrap(), v.expire_at.unwrap());
+    // The cryptoperiod (730 days for sd-enc in policies/keys.toml) runs from activation.
+    assert_eq!((until - on).whole_days(), 730);
     svc.transition(
         &actor("bob"),
         &t,

@@ -4,8 +4,10 @@
 //! key. Requirements TSM-AC-2, KM-2, KM-7, TSM-AC-4, INT-1.
 
 mod record;
+mod report;
 
 pub use record::{AuditEvent, AuditRecord, KeyMention, Outcome, GENESIS};
+pub use report::render_html;
 
 use serde::{Deserialize, Serialize};
 

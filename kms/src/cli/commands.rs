@@ -13,7 +13,6 @@ use kms::service::{
     Actor, CreateKey, Executed, ImportComponents, KeyService, Operation, ReconcileMode,
 };
 use kms::store::Store;
-use std::io::BufRead;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -123,6 +122,30 @@ fn create_request(
     })
 }
 
+/// One line from standard input, read without std's buffered `Stdin`
+/// (whose internal buffer would keep a copy that is never wiped) into a
+/// buffer allocated once and zeroized on drop. A component line is short;
+/// anything over 1 KiB is refused rather than reallocated.
+fn read_secret_line() -> Result<Zeroizing<String>> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    const MAX: usize = 1024;
+    let mut fd = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX));
+    let mut byte = [0u8; 1];
+    loop {
+        match fd.read(&mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ if buf.len() == MAX => bail!("input line too long"),
+            _ => buf.push(byte[0]),
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut byte);
+    let text = std::str::from_utf8(&buf).map_err(|_| anyhow::anyhow!("input is not text"))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
 /// Components come from a hidden prompt, or from stdin with --stdin. The
 /// typed text lives in zeroizing buffers and is never echoed.
 fn read_components(n: usize, alg: Algorithm, stdin: bool) -> Result<Vec<(Component, Option<Kcv>)>> {
@@ -130,12 +153,9 @@ fn read_components(n: usize, alg: Algorithm, stdin: bool) -> Result<Vec<(Compone
         bail!(kms::crypto::ComponentError::Count(n));
     }
     let mut out = Vec::with_capacity(n);
-    let mut lines = std::io::stdin().lock();
     for i in 1..=n {
         let line: Zeroizing<String> = if stdin {
-            let mut s = Zeroizing::new(String::new());
-            lines.read_line(&mut s)?;
-            s
+            read_secret_line()?
         } else {
             Zeroizing::new(
                 rpassword::prompt_password(format!("Custodian {i}: component {i} (hidden): "))

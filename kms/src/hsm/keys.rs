@@ -298,7 +298,7 @@ impl Hsm {
         })
     }
 
-        /// Every object this login can see, token and session objects alike
+    /// Every object this login can see, token and session objects alike
     /// (KM-7: a test counts them around derivations).
     pub fn object_count(&self) -> Result<usize, HsmError> {
         Ok(self.session()?.find_objects(&[])?.len())

@@ -534,6 +534,14 @@ impl KeyService {
                 reason,
             )
             .await?;
+        if t == Transition::Activate {
+            // The cryptoperiod runs from activation.
+            let now = OffsetDateTime::now_utc();
+            let days = i64::from(self.policy.cryptoperiod_days(rec.usage));
+            self.store
+                .set_activation(&rec.id, v.version, now, now + Duration::days(days))
+                .await?;
+        }
         self.get(tenant, name).await
     }
 

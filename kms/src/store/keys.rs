@@ -853,3 +853,36 @@ fn pending_record(version: u32, v: &NewVersion, now: OffsetDateTime) -> VersionR
         updated_at: now,
     }
 }
+
+impl Store {
+    /// Set a version's activation date and the end of its cryptoperiod
+    /// (on activation: the cryptoperiod runs from activation, not creation).
+    pub async fn set_activation(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        activate_at: OffsetDateTime,
+        expire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET activate_at = $3, expire_at = $4, updated_at = $5 \
+             WHERE key_id = $1 AND version = $2",
+        )
+        .bind(key_id.to_string())
+        .bind(i64::from(version))
+        .bind(format_time(activate_at)?)
+        .bind(format_time(expire_at)?)
+        .bind(format_time(OffsetDateTime::now_utc())?)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound {
+                key_id: key_id.clone(),
+                version: Some(version),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
