@@ -298,6 +298,35 @@ impl Hsm {
         })
     }
 
+    /// The public half of a key pair: the EC point (uncompressed, SEC1,
+    /// without the DER OCTET STRING wrapper SoftHSM adds) or the RSA modulus.
+    pub fn public_key(&self, key: &KeyRef) -> Result<Vec<u8>, HsmError> {
+        let session = self.session()?;
+        let h = self.find(&session, key.object_id, ObjectClass::PUBLIC_KEY)?;
+        let what = if key.algorithm.family() == KeyFamily::Ec {
+            AttributeType::EcPoint
+        } else {
+            AttributeType::Modulus
+        };
+        let v = session
+            .get_attributes(h, &[what])?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(v) | Attribute::Modulus(v) => Some(v),
+                _ => None,
+            })
+            .ok_or_else(|| HsmError::invalid("the public key has no value"))?;
+        // DER OCTET STRING (04 len point) around an uncompressed point (04 X Y).
+        Ok(match v.as_slice() {
+            [0x04, len, rest @ ..]
+                if usize::from(*len) == rest.len() && rest.first() == Some(&0x04) =>
+            {
+                rest.to_vec()
+            }
+            _ => v,
+        })
+    }
+
     /// Every object this login can see, token and session objects alike
     /// (KM-7: a test counts them around derivations).
     pub fn object_count(&self) -> Result<usize, HsmError> {

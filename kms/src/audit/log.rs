@@ -1,0 +1,285 @@
+//! The audit log: appends records to the chain (write-ahead, fail-closed),
+//! MACs each in the HSM, signs checkpoints in the HSM.
+
+use super::{AuditEvent, AuditRecord, Checkpoint};
+use crate::hsm::{Hsm, HsmError, KeyRef, KeySpec, MacAlg, Role, SignAlg, Trust};
+use crate::model::{Algorithm, KeyName, KeyState, KeyUsage, ObjectId, Tenant};
+use crate::store::{NewKey, NewVersion, Presence, Store, StoreError, SYSTEM_ACTOR};
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The tenant of the KMS's own keys.
+pub const SYSTEM_TENANT: &str = "kms";
+const MAC_KEY: &str = "audit-mac";
+const SIGNING_KEY: &str = "audit-signing";
+
+/// A checkpoint every this many records (and at shutdown).
+pub const CHECKPOINT_EVERY: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The record could not be written: the act must not happen.
+    #[error("the audit record could not be written, so nothing was done: {0}")]
+    Unwritable(String),
+    #[error("audit keys: {0}")]
+    Keys(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AuditKeys {
+    mac: KeyRef,
+    signing: KeyRef,
+}
+
+/// The chain writer of one KMS process.
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Store,
+    hsm: Arc<Hsm>,
+    node: String,
+    /// None under the security officer's login, which cannot use the
+    /// user's private audit keys: such records carry no MAC and trigger no
+    /// checkpoint; the chain and the next checkpoint cover them.
+    keys: Option<AuditKeys>,
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+impl AuditLog {
+    /// Open the log; under the user's login, create the audit keys in the
+    /// HSM on first use (HMAC-SHA256 for record MACs, ECDSA P-256 for
+    /// checkpoints).
+    pub async fn open(store: Store, hsm: Arc<Hsm>) -> Result<AuditLog, AuditError> {
+        let node = std::env::var("KMS_NODE").unwrap_or_else(|_| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "kms".into())
+        });
+        let mut log = AuditLog {
+            store,
+            hsm,
+            node,
+            keys: None,
+        };
+        if log.hsm.role() == Role::User {
+            let mac = log
+                .system_key(MAC_KEY, Algorithm::HmacSha256, KeyUsage::Audit)
+                .await?;
+            let signing = log
+                .system_key(SIGNING_KEY, Algorithm::EcP256, KeyUsage::Signing)
+                .await?;
+            log.keys = Some(AuditKeys { mac, signing });
+        }
+        Ok(log)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Find or create one of the KMS's own keys (same write order as any
+    /// key: pending row, token object, confirmed row).
+    async fn system_key(
+        &self,
+        name: &str,
+        algorithm: Algorithm,
+        usage: KeyUsage,
+    ) -> Result<KeyRef, AuditError> {
+        let bad = |e: crate::model::ParseError| AuditError::Keys(e.to_string());
+        let tenant = Tenant::parse(SYSTEM_TENANT).map_err(bad)?;
+        let key_name = KeyName::parse(name).map_err(bad)?;
+        if let Some(rec) = self.store.find_key(&tenant, &key_name).await? {
+            let v = rec
+                .current()
+                .filter(|v| v.presence == Presence::Present && v.state == KeyState::Active)
+                .ok_or_else(|| {
+                    AuditError::Keys(format!(
+                        "{SYSTEM_TENANT}/{name} has no active version on the token (run `kms reconcile`)"
+                    ))
+                })?;
+            return Ok(KeyRef {
+                object_id: v.object_id,
+                algorithm,
+            });
+        }
+        let version = NewVersion {
+            object_id: ObjectId::random(),
+            state: KeyState::Active,
+            activate_at: Some(OffsetDateTime::now_utc()),
+            expire_at: None,
+        };
+        let new = NewKey {
+            tenant: tenant.clone(),
+            name: key_name,
+            algorithm,
+            usage,
+            exportable: false,
+        };
+        let rec = self.store.create_key(&new, &version, SYSTEM_ACTOR).await?;
+        let spec = KeySpec {
+            algorithm,
+            usage,
+            exportable: false,
+            object_id: version.object_id,
+            label: format!("{SYSTEM_TENANT}/{name}"),
+            persistent: true,
+        };
+        let hsm = self.hsm.clone();
+        let made = tokio::task::spawn_blocking(move || hsm.generate(&spec, Trust::Normal))
+            .await
+            .map_err(|e| AuditError::Keys(e.to_string()))?;
+        match made {
+            Ok(k) => {
+                let kcv = k.kcv.map(hex::encode_upper).unwrap_or_default();
+                self.store.confirm_version(&rec.id, 1, &kcv).await?;
+            }
+            Err(e) => {
+                self.store.abandon_pending(&rec.id, 1).await?;
+                return Err(e.into());
+            }
+        }
+        Ok(KeyRef {
+            object_id: version.object_id,
+            algorithm,
+        })
+    }
+
+    async fn on_hsm<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Hsm) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, AuditError> {
+        let hsm = self.hsm.clone();
+        tokio::task::spawn_blocking(move || f(&hsm))
+            .await
+            .map_err(|e| AuditError::Unwritable(e.to_string()))?
+            .map_err(AuditError::from)
+    }
+
+    /// Append one record. Fail closed: an error here means the caller must
+    /// not go on with the act.
+    pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        let keys = self.keys;
+        let node = self.node.clone();
+        let rec = self
+            .store
+            .append_audit(|seq, prev| async move {
+                let at = now_rfc3339();
+                let hash = AuditRecord::compute_hash(seq, &at, &node, &event, &prev);
+                let mac = match keys {
+                    Some(k) => {
+                        let h = hash.clone();
+                        hex::encode_upper(
+                            self.on_hsm(move |hsm| {
+                                hsm.mac(&k.mac, MacAlg::HmacSha256, h.as_bytes())
+                            })
+                            .await?,
+                        )
+                    }
+                    None => String::new(),
+                };
+                Ok::<_, AuditError>(AuditRecord {
+                    seq,
+                    at,
+                    node,
+                    event,
+                    prev,
+                    hash,
+                    mac,
+                })
+            })
+            .await
+            .map_err(|e| AuditError::Unwritable(e.to_string()))?;
+        if rec.seq % CHECKPOINT_EVERY == 0 {
+            // A failed checkpoint does not undo the record; the next one covers it.
+            if let Err(e) = self.checkpoint(rec.seq, &rec.hash).await {
+                tracing::warn!("audit checkpoint at {} failed: {e}", rec.seq);
+            }
+        }
+        Ok(rec)
+    }
+
+    /// A keyed hash of a PAN (HMAC in the HSM under the audit key), so a
+    /// card's history can be followed without the PAN in the trail.
+    pub async fn pan_hash(&self, pan_digits: &str) -> Result<String, AuditError> {
+        let keys = self
+            .keys
+            .ok_or_else(|| AuditError::Keys("no audit key under this login".into()))?;
+        let msg = format!("pan:{pan_digits}").into_bytes();
+        let mac = self
+            .on_hsm(move |hsm| hsm.mac(&keys.mac, MacAlg::HmacSha256, &msg))
+            .await?;
+        Ok(hex::encode_upper(&mac[..16]))
+    }
+
+    async fn checkpoint(&self, seq: u64, hash: &str) -> Result<Option<Checkpoint>, AuditError> {
+        let Some(keys) = self.keys else {
+            return Ok(None);
+        };
+        let at = now_rfc3339();
+        let msg = Checkpoint::message(seq, hash, &at, &self.node);
+        let sig = self
+            .on_hsm(move |hsm| hsm.sign(&keys.signing, SignAlg::EcdsaP256Sha256, &msg))
+            .await?;
+        let cp = Checkpoint {
+            seq,
+            hash: hash.to_owned(),
+            at,
+            node: self.node.clone(),
+            signature: hex::encode_upper(sig),
+        };
+        self.store.insert_checkpoint(&cp).await?;
+        Ok(Some(cp))
+    }
+
+    /// Sign the current head (at shutdown, before an export, on demand).
+    pub async fn checkpoint_head(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let (seq, hash) = self.store.audit_head().await?;
+        if seq == 0 {
+            return Ok(None);
+        }
+        self.checkpoint(seq, &hash).await
+    }
+
+    /// The checkpoint signing key's public point (SEC1 uncompressed).
+    pub async fn public_key(&self) -> Result<Vec<u8>, AuditError> {
+        let keys = self
+            .keys
+            .ok_or_else(|| AuditError::Keys("no audit key under this login".into()))?;
+        self.on_hsm(move |hsm| hsm.public_key(&keys.signing)).await
+    }
+
+    /// Verify the MAC of each record in the HSM (online verification).
+    pub async fn check_macs(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<(u64, bool)>, AuditError> {
+        let keys = self
+            .keys
+            .ok_or_else(|| AuditError::Keys("no audit key under this login".into()))?;
+        self.on_hsm(move |hsm| {
+            records
+                .iter()
+                .filter(|r| !r.mac.is_empty())
+                .map(|r| {
+                    let mac = hex::decode(&r.mac).unwrap_or_default();
+                    hsm.verify_mac(&keys.mac, MacAlg::HmacSha256, r.hash.as_bytes(), &mac)
+                        .map(|ok| (r.seq, ok))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
