@@ -191,17 +191,44 @@ async fn km2_aes_key_wrap_known_answers_through_dual_control_export() {
 async fn km7_no_derived_key_outlives_its_request() {
     let v = KnownAnswers::load().unwrap();
     let mut kms = TestKms::new().await;
-    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT).await;
+    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT)
+        .await;
     let e = &v.emv_option_a[0];
-    kms.import("issuer-a", "imk", Algorithm::Tdes2, KeyUsage::ImkAc, false, &e.imk).await;
-    let d = v.sd_diversification.iter().find(|d| d.method == SdMethod::Kdf3).unwrap();
-    kms.import("issuer-a", "kmc", Algorithm::Aes128, KeyUsage::SdKmc, false, &d.kmc).await;
+    kms.import(
+        "issuer-a",
+        "imk",
+        Algorithm::Tdes2,
+        KeyUsage::ImkAc,
+        false,
+        &e.imk,
+    )
+    .await;
+    let d = v
+        .sd_diversification
+        .iter()
+        .find(|d| d.method == SdMethod::Kdf3)
+        .unwrap();
+    kms.import(
+        "issuer-a",
+        "kmc",
+        Algorithm::Aes128,
+        KeyUsage::SdKmc,
+        false,
+        &d.kmc,
+    )
+    .await;
     let hsm = kms.svc().hsm().clone();
     let before = hsm.object_count().unwrap();
     for i in 0..25u64 {
         let pan = Pan::parse(&format!("{}", 4_000_000_000_000_000u64 + i)).unwrap();
         kms.svc()
-            .emv_card_key(&tenant("issuer-a"), &name("imk"), &pan, 1, &name("transport"))
+            .emv_card_key(
+                &tenant("issuer-a"),
+                &name("imk"),
+                &pan,
+                1,
+                &name("transport"),
+            )
             .await
             .unwrap();
         kms.svc()
@@ -218,10 +245,16 @@ async fn km7_no_derived_key_outlives_its_request() {
     // A refused derivation leaves nothing either.
     assert!(kms
         .svc()
-        .emv_card_key(&tenant("issuer-a"), &name("imk"), &Pan::parse("4000000000000001").unwrap(), 1, &name("imk"))
+        .emv_card_key(
+            &tenant("issuer-a"),
+            &name("imk"),
+            &Pan::parse("4000000000000001").unwrap(),
+            1,
+            &name("imk")
+        )
         .await
         .is_err());
-        assert_eq!(hsm.object_count().unwrap(), before);
+    assert_eq!(hsm.object_count().unwrap(), before);
     // Control: the count does see session objects.
     let probe = kms::hsm::KeySpec {
         algorithm: Algorithm::Aes128,
