@@ -34,11 +34,13 @@ async fn service(cfg: &Config, db: &str, role: Role) -> Result<KeyService> {
     let store = Store::connect(db).await?;
     let hsm_cfg = cfg.hsm(role)?;
     let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg)).await??;
-    Ok(KeyService::new(
+    Ok(KeyService::open(
         Arc::new(hsm),
         store,
         KeyPolicy::load(&cfg.policy_dir)?,
-    ))
+        "bench",
+    )
+    .await?)
 }
 
 fn raw_rate(hsm: &Arc<Hsm>, imk: KeyRef, kek: KeyRef, callers: usize, secs: f64) -> Row {
@@ -99,6 +101,9 @@ async fn layer_rate(svc: &KeyService, tenant: &Tenant, callers: usize, secs: f64
             let (svc, stop, count, tenant) =
                 (svc.clone(), stop.clone(), count.clone(), tenant.clone());
             tokio::spawn(async move {
+                let Ok(who) = Actor::parse("bench") else {
+                    return;
+                };
                 let (Ok(imk), Ok(kek)) = (KeyName::parse("imk"), KeyName::parse("transport"))
                 else {
                     return;
@@ -111,7 +116,7 @@ async fn layer_rate(svc: &KeyService, tenant: &Tenant, callers: usize, secs: f64
                     };
                     n += callers as u64;
                     if svc
-                        .emv_card_key(&tenant, &imk, &pan, 1, &kek)
+                        .emv_card_key(&who, &tenant, &imk, &pan, 1, &kek)
                         .await
                         .is_err()
                     {

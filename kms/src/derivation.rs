@@ -31,6 +31,11 @@ impl SdKeyKind {
 pub struct Kdd([u8; 10]);
 
 impl Kdd {
+    /// Upper-case hex (the KDD is public: the card sends it in clear).
+    pub fn to_hex(&self) -> String {
+        hex::encode_upper(self.0)
+    }
+
     pub fn parse_hex(s: &str) -> Result<Self, ParseError> {
         let v = hex::decode(s).map_err(|_| ParseError::Invalid {
             what: "key diversification data",

@@ -46,6 +46,8 @@ pub struct DualControl {
 
 #[derive(Debug, Clone)]
 pub struct KeyPolicy {
+    /// SHA-256 of the policy text, recorded in the audit trail at start-up.
+    digest: String,
     exportable: Vec<KeyUsage>,
     cryptoperiod_days: BTreeMap<String, u32>,
     pub dual_control: DualControl,
@@ -89,7 +91,12 @@ impl KeyPolicy {
                 return Err(format!("dual_control.operations must include {must:?}"));
             }
         }
+        let digest = {
+            use sha2::Digest;
+            hex::encode_upper(sha2::Sha256::digest(text.as_bytes()))
+        };
         Ok(Self {
+            digest,
             exportable,
             cryptoperiod_days: f.cryptoperiod_days,
             dual_control: f.dual_control,
@@ -101,6 +108,7 @@ impl KeyPolicy {
         // The shipped file is part of the build; a parse failure is a bug
         // caught by the unit test below.
         Self::parse(include_str!("../../policies/keys.toml")).unwrap_or_else(|_| Self {
+            digest: String::new(),
             exportable: Vec::new(),
             cryptoperiod_days: BTreeMap::new(),
             dual_control: DualControl {
@@ -113,6 +121,10 @@ impl KeyPolicy {
                 request_ttl_minutes: 60,
             },
         })
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     pub fn may_export(&self, usage: KeyUsage) -> bool {

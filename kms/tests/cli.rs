@@ -330,7 +330,10 @@ fn km1_cli_imports_known_key_from_components_on_stdin() {
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("check value"), "{}", o.stderr);
     assert_eq!(
-        cli.json(&["key", "list"]).as_array().unwrap().len(),
+        cli.json(&["key", "list", "-t", "issuer-a"])
+            .as_array()
+            .unwrap()
+            .len(),
         0,
         "nothing created"
     );

@@ -105,7 +105,9 @@ impl TestKms {
             .await
             .expect("join")
             .expect("open token");
-        KeyService::new(Arc::new(hsm), store, KeyPolicy::builtin())
+        KeyService::open(Arc::new(hsm), store, KeyPolicy::builtin(), "test")
+            .await
+            .expect("service")
     }
 
     /// Run `f` with the security officer's login (SoftHSM allows one login

@@ -348,7 +348,12 @@ fn strip_chain_fields(body: &str) -> String {
                 m.remove(k);
             }
             if let Some(serde_json::Value::Object(d)) = m.get_mut("details") {
-                d.retain(|k, _| !k.contains("digest") && !k.contains("hash"));
+                // Hashes by design, or public card data (the KDD is sent in clear).
+                d.retain(|k, _| {
+                    !["digest", "hash", "hmac", "kdd"]
+                        .iter()
+                        .any(|w| k.contains(w))
+                });
             }
             serde_json::Value::Object(m).to_string()
         }

@@ -10,7 +10,7 @@ use kms_e2e::fixture::{
 };
 
 async fn snapshot(kms: &TestKms) -> (String, usize) {
-    let keys = kms.svc().list(None).await.unwrap();
+    let keys = kms.svc().list(&actor("test"), None).await.unwrap();
     let objects = kms.svc().hsm().list_objects().unwrap();
     (serde_json::to_string(&keys).unwrap(), objects.len())
 }

@@ -100,8 +100,14 @@ async fn inv3_expired_requests_fail() {
             .replace("request_ttl_minutes = 60", "request_ttl_minutes = 0"),
     )
     .unwrap();
-    let svc =
-        kms::service::KeyService::new(kms.svc().hsm().clone(), kms.svc().store().clone(), policy);
+    let svc = kms::service::KeyService::open(
+        kms.svc().hsm().clone(),
+        kms.svc().store().clone(),
+        policy,
+        "test",
+    )
+    .await
+    .unwrap();
     let req = svc.request(&actor("alice"), export_op()).await.unwrap();
     refused(
         svc.approve(&actor("bob"), &req.id, &req.digest)

@@ -87,6 +87,7 @@ async fn km2_sd_diversification_in_token_matches_known_answers() {
         let keys = kms
             .svc()
             .sd_static_keys(
+                &actor("provisioner"),
                 &tenant("issuer-a"),
                 &name(&kmc),
                 method,
@@ -136,6 +137,7 @@ async fn km2_emv_option_a_in_token_matches_known_answers() {
         let out = kms
             .svc()
             .emv_card_key(
+                &actor("provisioner"),
                 &tenant("issuer-a"),
                 &name(&imk),
                 &Pan::parse(&e.pan).unwrap(),
@@ -223,6 +225,7 @@ async fn km7_no_derived_key_outlives_its_request() {
         let pan = Pan::parse(&format!("{}", 4_000_000_000_000_000u64 + i)).unwrap();
         kms.svc()
             .emv_card_key(
+                &actor("provisioner"),
                 &tenant("issuer-a"),
                 &name("imk"),
                 &pan,
@@ -233,6 +236,7 @@ async fn km7_no_derived_key_outlives_its_request() {
             .unwrap();
         kms.svc()
             .sd_static_keys(
+                &actor("provisioner"),
                 &tenant("issuer-a"),
                 &name("kmc"),
                 SdDiversification::Kdf3,
@@ -246,6 +250,7 @@ async fn km7_no_derived_key_outlives_its_request() {
     assert!(kms
         .svc()
         .emv_card_key(
+            &actor("provisioner"),
             &tenant("issuer-a"),
             &name("imk"),
             &Pan::parse("4000000000000001").unwrap(),

@@ -126,7 +126,7 @@ async fn sp800_57_states_rotation_and_destroy_with_tombstone() {
     );
 
     // History: who, when, why.
-    let view = svc.show(&t, &n).await.unwrap();
+    let view = svc.show(&actor("test"), &t, &n).await.unwrap();
     let actions: Vec<_> = view.events.iter().map(|e| e.action.as_str()).collect();
     for a in [
         "create",
@@ -165,5 +165,11 @@ async fn km4_keys_of_one_tenant_are_invisible_to_another() {
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e}");
-    assert_eq!(svc.list(Some(&tenant("issuer-b"))).await.unwrap().len(), 1);
+    assert_eq!(
+        svc.list(&actor("test"), Some(&tenant("issuer-b")))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -56,6 +56,7 @@ fn inv1_km2_no_key_material_or_pin_in_the_database() {
             .await;
             kms.svc()
                 .sd_static_keys(
+                    &actor("provisioner"),
                     &tenant("issuer-a"),
                     &name(&format!("kmc{i}")),
                     method,
@@ -78,6 +79,7 @@ fn inv1_km2_no_key_material_or_pin_in_the_database() {
             .await;
             kms.svc()
                 .emv_card_key(
+                    &actor("provisioner"),
                     &tenant("issuer-a"),
                     &name(&format!("imk{i}")),
                     &Pan::parse(&e.pan).unwrap(),

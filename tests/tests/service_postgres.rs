@@ -63,5 +63,11 @@ async fn postgres_key_lifecycle_dual_control_and_reconcile() {
         .await
         .unwrap();
     assert_eq!(report.problems().count(), 0, "{:?}", report.findings);
-    assert_eq!(svc.list(None).await.unwrap().len(), 3);
+    assert_eq!(
+        svc.list(&actor("test"), Some(&tenant("issuer-a")))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }

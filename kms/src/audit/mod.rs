@@ -3,11 +3,18 @@
 //! signed in the HSM (ECDSA P-256), verifiable offline with only the public
 //! key. Requirements TSM-AC-2, KM-2, KM-7, TSM-AC-4, INT-1.
 
+mod log;
 mod record;
 mod report;
+mod verify;
 
+pub use log::{AuditError, AuditLog, CHECKPOINT_EVERY, SYSTEM_TENANT};
 pub use record::{AuditEvent, AuditRecord, KeyMention, Outcome, GENESIS};
 pub use report::render_html;
+pub use verify::{
+    parse_public_key, public_key_pem, stored_from_jsonl, verify_chain, verify_checkpoint,
+    ChainStart, Stored,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -318,7 +318,6 @@ impl Page {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn header(
     page: &mut Page,
     title: &str,
@@ -679,8 +678,8 @@ fn ceremonies_section(page: &mut Page, groups: &[Group<'_>]) {
             ("Requested by", 9),
             ("Approved by", 12),
             ("Executed by", 9),
-            ("Outcome", 8),
-            ("Steps", 36),
+            ("Outcome", 9),
+            ("Steps", 35),
         ],
     ));
     for g in groups.iter().take(TABLE_CAP) {
@@ -1500,7 +1499,7 @@ svg g:hover .hit{fill:rgba(31,79,163,.07)}
 table.grid{width:100%;table-layout:fixed;border-collapse:collapse;background:var(--card);border:1px solid var(--line);font-size:13px}
 table.grid th{position:sticky;top:0;background:#e9edf3;text-align:left;font-size:12px;padding:6px 8px;border-bottom:1px solid var(--line);z-index:1}
 table.grid td{padding:5px 8px;border-top:1px solid #eceff4;vertical-align:top;overflow-wrap:anywhere}
-.w5{width:5%}.w7{width:7%}.w8{width:8%}.w10{width:10%}.w11{width:11%}.w12{width:12%}.w14{width:14%}.w16{width:16%}.w36{width:36%}.w9{width:9%}.w15{width:15%}
+.w5{width:5%}.w7{width:7%}.w8{width:8%}.w10{width:10%}.w11{width:11%}.w12{width:12%}.w14{width:14%}.w16{width:16%}.w35{width:35%}.w9{width:9%}.w15{width:15%}
 .w17{width:17%}.w18{width:18%}.w19{width:19%}.w22{width:22%}.w25{width:25%}.w33{width:33%}.w70{width:70%}
 table.grid tbody tr:nth-child(even){background:#fafbfc}
 td.num{text-align:right;white-space:nowrap}
@@ -1533,7 +1532,12 @@ h2{break-after:avoid}
 .card,.status,.facts,tr,svg{break-inside:avoid}
 .card{border-color:#bbb}
 table.grid{font-size:8pt}
-table.grid th{position:static}
+table.grid th{position:static;padding:3px 4px}
+table.grid td{padding:2px 4px}
+code,.id,.num,.t,td.keys,ul.steps{font-size:7.5pt}
+.det{font-size:7pt}
+.status .big{font-size:28pt}
+.badge{font-size:7pt;line-height:13px;padding:0 5px}
 tr[hidden]{display:table-row}
 a{color:inherit;text-decoration:none}
 .grid2{grid-template-columns:1fr 1fr}

@@ -32,10 +32,30 @@ pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
         .await
         .context("opening the database")?;
     let hsm_cfg = cfg.hsm(role)?;
-    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg))
-        .await?
-        .context("opening the token")?;
-    Ok(KeyService::new(Arc::new(hsm), store, policy))
+    let opened = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg)).await?;
+    let hsm = match opened {
+        Ok(h) => h,
+        Err(e) => {
+            // A failed login is an act too; recorded without the token.
+            let event = kms::audit::AuditEvent {
+                actor: actor(cli)?.as_str().to_owned(),
+                role: match role {
+                    Role::User => "operator".into(),
+                    Role::SecurityOfficer => "security-officer".into(),
+                },
+                action: "hsm.login".into(),
+                outcome: Some(kms::audit::Outcome::Failure),
+                reason: Some(e.to_string()),
+                source: Some("cli".into()),
+                ..Default::default()
+            };
+            kms::audit::AuditLog::record_without_hsm(&store, event)
+                .await
+                .context("recording the failed login")?;
+            return Err(anyhow::Error::new(e).context("opening the token"));
+        }
+    };
+    Ok(KeyService::open(Arc::new(hsm), store, policy, "cli").await?)
 }
 
 fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
@@ -51,6 +71,7 @@ pub async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Request(r) => request(cli, r).await,
         Command::Derive(d) => derive(cli, d).await,
         Command::Bench(b) => crate::bench::run(cli, b).await,
+        Command::Audit(a) => super::audit::run(cli, a).await,
     }
 }
 
@@ -262,7 +283,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         KeyCommand::List { tenant } => {
             let tenant = tenant.as_deref().map(Tenant::parse).transpose()?;
             let svc = service(cli, Role::User).await?;
-            let keys = svc.list(tenant.as_ref()).await?;
+            let keys = svc.list(&who, tenant.as_ref()).await?;
             print(cli.json, &keys, || {
                 keys.iter().map(key_line).collect::<Vec<_>>().join("\n")
             });
@@ -270,7 +291,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         KeyCommand::Show { id } => {
             let (t, n) = key_id(id)?;
             let svc = service(cli, Role::User).await?;
-            let view = svc.show(&t, &n).await?;
+            let view = svc.show(&who, &t, &n).await?;
             print(cli.json, &view, || {
                 let mut s = key_detail(&view.key);
                 s.push_str("history:\n");
@@ -356,16 +377,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         KeyCommand::Attributes { id, version } => {
             let (t, n) = key_id(id)?;
             let svc = service(cli, Role::User).await?;
-            let rec = svc.get(&t, &n).await?;
-            let v = match version {
-                Some(x) => rec.version(*x),
-                None => rec.current(),
-            }
-            .cloned()
-            .ok_or_else(|| kms::service::ServiceError::NotFound(format!("{t}/{n} version")))?;
-            let r = KeyService::key_ref(&rec, &v)?;
-            let hsm = svc.hsm().clone();
-            let attrs = tokio::task::spawn_blocking(move || hsm.attributes(r.object_id)).await??;
+            let attrs = svc.attributes(&who, &t, &n, *version).await?;
             print(cli.json, &attrs, || {
                 serde_json::to_string_pretty(&attrs).unwrap_or_default()
             });
@@ -400,7 +412,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
     let svc = service(cli, Role::User).await?;
     match cmd {
         RequestCommand::Show { id } => {
-            let r = svc.approval(id).await?;
+            let r = svc.show_request(&who, id).await?;
             print(cli.json, &r, || {
                 format!(
                     "request {} ({}) by {}\noperation {}\ndigest {}\napprovals {}/{}: {}\nexpires {}",
@@ -467,6 +479,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
 }
 
 async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
+    let who = actor(cli)?;
     let svc = service(cli, Role::User).await?;
     match cmd {
         DeriveCommand::EmvCard {
@@ -479,6 +492,7 @@ async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
             let pan = Pan::parse(pan)?;
             let out = svc
                 .emv_card_key(
+                    &who,
                     &Tenant::parse(tenant)?,
                     &KeyName::parse(imk)?,
                     &pan,
@@ -505,6 +519,7 @@ async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
         } => {
             let out = svc
                 .sd_static_keys(
+                    &who,
                     &Tenant::parse(tenant)?,
                     &KeyName::parse(kmc)?,
                     method.parse()?,

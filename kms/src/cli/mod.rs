@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. Thin: every rule lives in `kms::service`.
 
-mod commands;
+mod audit;
+pub(crate) mod commands;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +47,70 @@ pub enum Command {
     Derive(DeriveCommand),
     /// Measure raw PKCS#11 rates beside the same work through the key layer.
     Bench(BenchArgs),
+    /// The audit trail: verify, search, export, report.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the chain: in the database (online, with the HSM), or an
+    /// export offline with only the public key.
+    Verify {
+        /// A JSON Lines export to verify offline.
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// Its checkpoints (JSON Lines), for offline verification.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoint public key (PEM, from `kms audit public-key`).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Search records.
+    Search {
+        /// RFC 3339 lower bound.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 upper bound.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// tenant/name of a key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Exact action, or a prefix ending in '*' (e.g. 'request.*').
+        #[arg(long)]
+        action: Option<String>,
+        /// attempt|success|refused|failure
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Export every record as JSON Lines (for a SIEM and offline verification).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// A self-contained HTML report for security officers.
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "KMS audit report")]
+        title: String,
+    },
+    /// Print the checkpoint signing public key (PEM).
+    PublicKey,
+    /// Sign the chain's head now.
+    Checkpoint,
 }
 
 #[derive(Args, Debug, Clone)]

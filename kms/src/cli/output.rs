@@ -4,6 +4,9 @@ use kms::service::ServiceError;
 use kms::store::KeyRecord;
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(c) = super::audit::damaged_exit_code(e) {
+        return c;
+    }
     if let Some(s) = e.downcast_ref::<ServiceError>() {
         return match s {
             ServiceError::Inconsistent(_) => 4,

@@ -8,6 +8,7 @@
 //! a certificate and a PIN and sign each approval; here the actor is the
 //! name the caller authenticated as.
 
+use super::audited::{mention, Act};
 use super::{Actor, KeyService, ServiceError};
 use crate::hsm::WrapAlg;
 use crate::model::{KeyName, Tenant};
@@ -202,8 +203,20 @@ impl KeyService {
         })
     }
 
+    /// A request, unaudited: for the service's own decisions (which login
+    /// to execute under). People see requests through `show_request`.
     pub async fn approval(&self, id: &str) -> Result<ApprovalRequest, ServiceError> {
         self.load_request(id).await
+    }
+
+    pub async fn show_request(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<ApprovalRequest, ServiceError> {
+        let act = Act::read(actor, "request.show").correlate(id);
+        self.audited(act, self.load_request(id), request_mentions)
+            .await
     }
 
     /// Ask for a sensitive operation. Nothing happens to any key yet.
@@ -211,6 +224,24 @@ impl KeyService {
         &self,
         actor: &Actor,
         op: Operation,
+    ) -> Result<ApprovalRequest, ServiceError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let act = op_act(Act::change(actor, "request.create"), &op)
+            .correlate(&id)
+            .detail("digest", op.digest()?);
+        self.audited(
+            act,
+            self.request_now(actor, op.clone(), id.clone()),
+            request_mentions,
+        )
+        .await
+    }
+
+    async fn request_now(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        id: String,
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
         let (tenant, key) = op.key_name();
@@ -227,7 +258,8 @@ impl KeyService {
             (_, None) => return Err(ServiceError::NotFound(format!("{tenant}/{key}"))),
             (_, Some(_)) => {}
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        // The id was chosen by `request` so the trail can name it up front.
+
         let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
         self.store
             .insert_approval_request(
@@ -244,6 +276,26 @@ impl KeyService {
     /// Approve a request. `digest` is what the approver was shown; it must
     /// match the stored operation's digest.
     pub async fn approve(
+        &self,
+        approver: &Actor,
+        id: &str,
+        digest: &str,
+    ) -> Result<ApprovalRequest, ServiceError> {
+        let mut act = Act::change(approver, "request.approve")
+            .correlate(id)
+            .detail("digest", digest);
+        if let Ok(req) = self.load_request(id).await {
+            act = op_act(act, &req.operation);
+        }
+        self.audited(
+            act,
+            self.approve_now(approver, id, digest),
+            request_mentions,
+        )
+        .await
+    }
+
+    async fn approve_now(
         &self,
         approver: &Actor,
         id: &str,
@@ -296,6 +348,43 @@ impl KeyService {
     /// As `execute`, for operations that take custodians' components
     /// (a trusted KEK entered by components).
     pub async fn execute_with(
+        &self,
+        actor: &Actor,
+        id: &str,
+        components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
+    ) -> Result<Executed, ServiceError> {
+        let mut act = Act::change(actor, "request.execute").correlate(id);
+        if let Ok(req) = self.load_request(id).await {
+            act = op_act(act, &req.operation)
+                .detail("digest", req.digest.clone())
+                .detail("requested_by", req.requested_by.clone())
+                .detail("approvers", req.approvers.join(","));
+        }
+        self.audited(
+            act,
+            self.execute_now(actor, id, components),
+            |e: &Executed| match e {
+                Executed::Key(k) => mention(k),
+                Executed::Exported(x) => vec![
+                    crate::audit::KeyMention {
+                        tenant: x.tenant.to_string(),
+                        name: x.name.to_string(),
+                        version: Some(x.version),
+                        kcv: x.kcv.clone(),
+                    },
+                    crate::audit::KeyMention {
+                        tenant: x.tenant.to_string(),
+                        name: x.kek.to_string(),
+                        version: Some(x.kek_version),
+                        kcv: None,
+                    },
+                ],
+            },
+        )
+        .await
+    }
+
+    async fn execute_now(
         &self,
         actor: &Actor,
         id: &str,
@@ -461,4 +550,24 @@ impl KeyService {
             }
         }
     }
+}
+
+/// What the trail says about an operation: its kind and its key.
+fn op_act(act: Act, op: &Operation) -> Act {
+    let (tenant, key) = op.key_name();
+    let act = act.detail("operation", format!("{:?}", op.action()).to_lowercase());
+    match (Tenant::parse(tenant), KeyName::parse(key)) {
+        (Ok(t), Ok(k)) => act.key(&t, &k, None),
+        _ => act,
+    }
+}
+
+fn request_mentions(r: &ApprovalRequest) -> Vec<crate::audit::KeyMention> {
+    let (tenant, key) = r.operation.key_name();
+    vec![crate::audit::KeyMention {
+        tenant: tenant.to_owned(),
+        name: key.to_owned(),
+        version: None,
+        kcv: None,
+    }]
 }

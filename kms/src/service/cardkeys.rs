@@ -1,7 +1,8 @@
 //! Card and Security Domain keys derived inside the HSM and handed out only
 //! wrapped under a transport KEK (KM-2, KM-7: nothing derived is kept).
 
-use super::{KeyService, ServiceError};
+use super::audited::{no_mentions, Act};
+use super::{Actor, KeyService, ServiceError};
 use crate::derivation::{emv_cps11_data, emv_option_a_data, kdf3_message, Kdd, Pan, SdKeyKind};
 use crate::hsm::{DeriveAlg, KeySpec, WrapAlg};
 use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, ObjectId, Tenant};
@@ -71,7 +72,7 @@ impl KeyService {
 
     /// EMV Option A ICC master key for a PAN and PSN from an issuer master
     /// key, wrapped under the tenant's transport KEK.
-    pub async fn emv_card_key(
+    async fn emv_card_key_now(
         &self,
         tenant: &Tenant,
         imk: &KeyName,
@@ -104,7 +105,7 @@ impl KeyService {
 
     /// A Security Domain's static ENC, MAC and DEK keys diversified from the
     /// KMC for one card (its KDD), each wrapped under the transport KEK.
-    pub async fn sd_static_keys(
+    async fn sd_static_keys_now(
         &self,
         tenant: &Tenant,
         kmc: &KeyName,
@@ -163,5 +164,56 @@ impl KeyService {
             });
         }
         Ok(out)
+    }
+
+    /// EMV Option A ICC master key for a PAN and PSN from an issuer master
+    /// key, wrapped under the tenant's transport KEK. The trail holds the
+    /// PAN masked, with a keyed hash (HMAC in the HSM) to follow one card.
+    pub async fn emv_card_key(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        imk: &KeyName,
+        pan: &Pan,
+        psn: u8,
+        kek: &KeyName,
+    ) -> Result<WrappedKey, ServiceError> {
+        let mut act = Act::change(actor, "derive.emv-card")
+            .key(tenant, imk, None)
+            .key(tenant, kek, None)
+            .detail("pan", pan.masked())
+            .detail("psn", format!("{psn:02}"));
+        if let Ok(h) = self.audit.pan_hash(pan.digits()).await {
+            act = act.detail("pan_hmac", h);
+        }
+        self.audited(
+            act,
+            self.emv_card_key_now(tenant, imk, pan, psn, kek),
+            no_mentions,
+        )
+        .await
+    }
+
+    /// A Security Domain's static keys for one card, wrapped.
+    pub async fn sd_static_keys(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        kmc: &KeyName,
+        method: SdDiversification,
+        kdd: &Kdd,
+        kek: &KeyName,
+    ) -> Result<Vec<WrappedKey>, ServiceError> {
+        let act = Act::change(actor, "derive.sd-keys")
+            .key(tenant, kmc, None)
+            .key(tenant, kek, None)
+            .detail("method", format!("{method:?}").to_lowercase())
+            .detail("kdd", kdd.to_hex());
+        self.audited(
+            act,
+            self.sd_static_keys_now(tenant, kmc, method, kdd, kek),
+            no_mentions,
+        )
+        .await
     }
 }

@@ -28,6 +28,9 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Fail closed: the audit record could not be written.
+    #[error(transparent)]
+    Audit(crate::audit::AuditError),
 }
 
 impl From<ParseError> for ServiceError {

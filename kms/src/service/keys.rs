@@ -1,6 +1,7 @@
 //! Key lifecycle use cases: create, import from components, rotate, change
 //! state, destroy, export.
 
+use super::audited::{mention, no_mentions, Act};
 use super::{Actor, KeyService, ServiceError};
 use crate::crypto::{combine, verify_component_kcv, verify_key_kcv, Component, Kcv, KcvMethod};
 use crate::hsm::{HsmError, KeyRef, KeySpec, Role, Trust, WrapAlg};
@@ -199,8 +200,20 @@ impl KeyService {
     /// Generate a key inside the HSM (KM-1). A trusted KEK is not created
     /// here: it needs dual control (`Operation::TrustedKek`).
     pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<KeyRecord, ServiceError> {
-        refuse_trusted(&req)?;
-        self.create_now(actor, req).await
+        let act = Act::change(actor, "key.create")
+            .key(&req.tenant, &req.name, None)
+            .detail("algorithm", req.algorithm.as_str())
+            .detail("usage", req.usage.as_str())
+            .detail("exportable", req.exportable.to_string());
+        self.audited(
+            act,
+            async {
+                refuse_trusted(&req)?;
+                self.create_now(actor, req.clone()).await
+            },
+            mention,
+        )
+        .await
     }
 
     pub(crate) async fn create_now(
@@ -223,8 +236,21 @@ impl KeyService {
         actor: &Actor,
         req: ImportComponents,
     ) -> Result<ImportedKey, ServiceError> {
-        refuse_trusted(&req.key)?;
-        self.import_components_now(actor, req).await
+        let act = Act::change(actor, "key.import")
+            .key(&req.key.tenant, &req.key.name, None)
+            .detail("algorithm", req.key.algorithm.as_str())
+            .detail("usage", req.key.usage.as_str())
+            .detail("components", req.components.len().to_string())
+            .detail("expected_kcv", req.expected_kcv.to_string());
+        self.audited(
+            act,
+            async {
+                refuse_trusted(&req.key)?;
+                self.import_components_now(actor, req).await
+            },
+            |k: &ImportedKey| mention(&k.key),
+        )
+        .await
     }
 
     pub(crate) async fn import_components_now(
@@ -317,14 +343,64 @@ impl KeyService {
             .ok_or_else(|| ServiceError::NotFound(format!("{tenant}/{name}")))
     }
 
-    pub async fn show(&self, tenant: &Tenant, name: &KeyName) -> Result<KeyView, ServiceError> {
-        let key = self.get(tenant, name).await?;
-        let events = self.store.events(&key.id).await?;
-        Ok(KeyView { key, events })
+    pub async fn show(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        name: &KeyName,
+    ) -> Result<KeyView, ServiceError> {
+        let act = Act::read(actor, "key.show").key(tenant, name, None);
+        self.audited(
+            act,
+            async {
+                let key = self.get(tenant, name).await?;
+                let events = self.store.events(&key.id).await?;
+                Ok(KeyView { key, events })
+            },
+            |v: &KeyView| mention(&v.key),
+        )
+        .await
     }
 
-    pub async fn list(&self, tenant: Option<&Tenant>) -> Result<Vec<KeyRecord>, ServiceError> {
-        Ok(self.store.list_keys(tenant).await?)
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<KeyRecord>, ServiceError> {
+        let mut act = Act::read(actor, "key.list");
+        if let Some(t) = tenant {
+            act = act.tenant(t);
+        }
+        self.audited(
+            act,
+            async { Ok(self.store.list_keys(tenant).await?) },
+            |keys: &Vec<KeyRecord>| -> Vec<crate::audit::KeyMention> {
+                keys.iter().flat_map(mention).collect()
+            },
+        )
+        .await
+    }
+
+    /// The attributes of a key version's objects, read back from the token.
+    pub async fn attributes(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        name: &KeyName,
+        version: Option<u32>,
+    ) -> Result<Vec<crate::hsm::KeyAttributes>, ServiceError> {
+        let act = Act::read(actor, "key.attributes").key(tenant, name, version);
+        self.audited(
+            act,
+            async {
+                let rec = self.get(tenant, name).await?;
+                let v = Self::pick_version(&rec, version)?;
+                let r = Self::key_ref(&rec, &v)?;
+                self.on_hsm(move |h| h.attributes(r.object_id)).await
+            },
+            no_mentions,
+        )
+        .await
     }
 
     fn pick_version(rec: &KeyRecord, version: Option<u32>) -> Result<VersionRecord, ServiceError> {
@@ -417,6 +493,21 @@ impl KeyService {
         name: &KeyName,
         reason: Option<&str>,
     ) -> Result<KeyRecord, ServiceError> {
+        let mut act = Act::change(actor, "key.rotate").key(tenant, name, None);
+        if let Some(r) = reason {
+            act = act.detail("reason", r);
+        }
+        self.audited(act, self.rotate_now(actor, tenant, name, reason), mention)
+            .await
+    }
+
+    async fn rotate_now(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        name: &KeyName,
+        reason: Option<&str>,
+    ) -> Result<KeyRecord, ServiceError> {
         let rec = self.get(tenant, name).await?;
         let old = Self::pick_version(&rec, None)?;
         if old.trusted {
@@ -474,6 +565,29 @@ impl KeyService {
     /// Change a version's state along SP 800-57's legal transitions.
     /// Marking compromised goes through dual control when policy says so.
     pub async fn transition(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        name: &KeyName,
+        version: Option<u32>,
+        t: Transition,
+        reason: Option<&str>,
+    ) -> Result<KeyRecord, ServiceError> {
+        let mut act = Act::change(actor, "key.state")
+            .key(tenant, name, version)
+            .detail("transition", format!("{t:?}").to_lowercase());
+        if let Some(r) = reason {
+            act = act.detail("reason", r);
+        }
+        self.audited(
+            act,
+            self.transition_checked(actor, tenant, name, version, t, reason),
+            mention,
+        )
+        .await
+    }
+
+    async fn transition_checked(
         &self,
         actor: &Actor,
         tenant: &Tenant,

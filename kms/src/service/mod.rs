@@ -10,6 +10,7 @@
 //! saying so, and the token never holds an object we cannot name.
 
 mod approvals;
+mod audited;
 mod cardkeys;
 mod error;
 mod keys;
@@ -21,6 +22,7 @@ pub use error::ServiceError;
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
 
+use crate::audit::AuditLog;
 use crate::hsm::{Hsm, HsmError};
 use crate::policy::KeyPolicy;
 use crate::store::Store;
@@ -59,14 +61,58 @@ pub struct KeyService {
     hsm: Arc<Hsm>,
     store: Store,
     policy: Arc<KeyPolicy>,
+    audit: AuditLog,
+    /// Where acts come from, for the audit trail (`cli`, a peer address).
+    source: String,
 }
 
 impl KeyService {
-    pub fn new(hsm: Arc<Hsm>, store: Store, policy: KeyPolicy) -> Self {
-        Self {
+    /// Open the service: the audit log (creating the audit keys on first
+    /// use) and a first record saying who started it, with which policy.
+    pub async fn open(
+        hsm: Arc<Hsm>,
+        store: Store,
+        policy: KeyPolicy,
+        source: &str,
+    ) -> Result<Self, ServiceError> {
+        let audit = AuditLog::open(store.clone(), hsm.clone())
+            .await
+            .map_err(ServiceError::Audit)?;
+        let svc = Self {
             hsm,
             store,
             policy: Arc::new(policy),
+            audit,
+            source: source.to_owned(),
+        };
+        svc.audit
+            .record(crate::audit::AuditEvent {
+                actor: "kms".into(),
+                role: "system".into(),
+                action: "service.open".into(),
+                outcome: Some(crate::audit::Outcome::Success),
+                source: Some(svc.source.clone()),
+                details: [
+                    ("login".to_owned(), svc.role_name().to_owned()),
+                    ("policy_digest".to_owned(), svc.policy.digest().to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(ServiceError::Audit)?;
+        Ok(svc)
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The role the service's login acts in.
+    pub fn role_name(&self) -> &'static str {
+        match self.hsm.role() {
+            crate::hsm::Role::User => "operator",
+            crate::hsm::Role::SecurityOfficer => "security-officer",
         }
     }
 

@@ -111,6 +111,45 @@ impl KeyService {
         mode: ReconcileMode,
         grace: time::Duration,
     ) -> Result<ReconcileReport, ServiceError> {
+        let actor = super::Actor::parse("kms")?;
+        let act = match mode {
+            ReconcileMode::Report => super::audited::Act::read(&actor, "reconcile.report"),
+            ReconcileMode::Repair => super::audited::Act::change(&actor, "reconcile.repair"),
+        };
+        self.audited(
+            act,
+            self.reconcile_now(mode, grace),
+            |r: &ReconcileReport| {
+                r.findings
+                    .iter()
+                    .filter_map(|f| match f {
+                        Finding::ConfirmedPending { key, version }
+                        | Finding::AbandonedPending { key, version }
+                        | Finding::FinishedDestroy { key, version }
+                        | Finding::UnapprovedDestroy { key, version }
+                        | Finding::InFlight { key, version }
+                        | Finding::MissingObject { key, version, .. } => {
+                            let (t, n) = key.split_once('/')?;
+                            Some(crate::audit::KeyMention {
+                                tenant: t.to_owned(),
+                                name: n.to_owned(),
+                                version: Some(*version),
+                                kcv: None,
+                            })
+                        }
+                        Finding::OrphanObject { .. } => None,
+                    })
+                    .collect()
+            },
+        )
+        .await
+    }
+
+    async fn reconcile_now(
+        &self,
+        mode: ReconcileMode,
+        grace: time::Duration,
+    ) -> Result<ReconcileReport, ServiceError> {
         let repair = mode == ReconcileMode::Repair;
         let approved = self.approved_destroys().await?;
         let now = time::OffsetDateTime::now_utc();

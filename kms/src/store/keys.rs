@@ -878,7 +878,7 @@ impl Store {
         .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::NotFound {
-                key_id: key_id.clone(),
+                key_id: *key_id,
                 version: Some(version),
             });
         }
