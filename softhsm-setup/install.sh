@@ -4,6 +4,7 @@
 #   softhsm-setup/install.sh [--postgres] [--print-module] [--quiet]
 #
 #   (always)        SoftHSM2 (softhsm2-util and the PKCS#11 module libsofthsm2.so)
+#   --browser       also Debian's chromium (the audit report's browser test)
 #   --postgres      also PostgreSQL's server binaries (/usr/lib/postgresql/*/bin);
 #                   the system service is NOT started: the tests start their own
 #                   server on loopback
@@ -18,6 +19,7 @@
 set -euo pipefail
 
 want_postgres=0
+want_browser=0
 print_module=0
 quiet=0
 
@@ -28,6 +30,7 @@ die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 while (($#)); do
     case $1 in
         --postgres) want_postgres=1 ;;
+        --browser) want_browser=1 ;;
         --print-module) print_module=1 ;;
         -q | --quiet) quiet=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -72,6 +75,10 @@ have_softhsm || pkgs+=(softhsm2 libsofthsm2)
 if [[ $want_postgres == 1 ]] && ! have_postgres; then
     # The metapackage follows Debian's supported major version (15 on bookworm).
     pkgs+=(postgresql)
+fi
+# Headless Chromium renders the audit report in a test.
+if [[ $want_browser == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
+    pkgs+=(chromium)
 fi
 
 if ((${#pkgs[@]})); then
