@@ -197,6 +197,14 @@ pub fn verify_chain(
     // 3. The tail: against the recorded head and the checkpoints.
     let last = report.last_seq.unwrap_or(start.first_seq.saturating_sub(1));
     if let Some((head_seq, _)) = &head {
+        // Appends go through the head; a row past it was put there by hand.
+        for (seq, _) in chain.range(head_seq + 1..) {
+            found.push(damage(
+                DamageKind::Inserted,
+                *seq,
+                format!("past the chain's recorded head ({head_seq})"),
+            ));
+        }
         if *head_seq > last {
             found.push(damage(
                 DamageKind::TruncatedTail,
