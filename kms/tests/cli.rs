@@ -583,3 +583,74 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     assert!(html.contains("VERIFIED") && html.contains("<svg"));
     assert!(!html.contains(pan));
 }
+
+/// Retention: old records move to a signed archive segment (verified before
+/// deletion); the database chain and the archive verify, together and apart.
+#[test]
+fn tsm_ac2_archived_segments_verify_across_segments() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    for i in 0..30 {
+        cli.ok(&[
+            "key",
+            "create",
+            "-t",
+            "i",
+            &format!("k{i}"),
+            "--alg",
+            "aes-128",
+            "--usage",
+            "data",
+        ]);
+    }
+    let dir = cli.token.dir.path().join("archive");
+    let d = dir.to_str().unwrap();
+    cli.code(
+        &["audit", "archive", "--through", "0", "--dir", d],
+        2,
+        "--through",
+    );
+    cli.ok(&["audit", "archive", "--through", "40", "--dir", d]);
+    for i in 30..40 {
+        cli.ok(&[
+            "key",
+            "create",
+            "-t",
+            "i",
+            &format!("k{i}"),
+            "--alg",
+            "aes-128",
+            "--usage",
+            "data",
+        ]);
+    }
+    cli.ok(&["audit", "archive", "--through", "90", "--dir", d]);
+    // The database chain now starts at 91, linked to the archive.
+    let o = cli.ok(&["audit", "verify"]);
+    assert!(o.stdout.contains("(91.."), "{}", o.stdout);
+    let o = cli.ok(&["audit", "verify", "--archive", d]);
+    assert!(
+        o.stdout.contains("(1..90)") && o.stdout.contains("VERIFIED"),
+        "{}",
+        o.stdout
+    );
+    // A record deleted from the first segment is named.
+    let seg = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("000000000040.jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"seq\":17,"))
+        .collect();
+    std::fs::write(&seg, kept.join("\n") + "\n").unwrap();
+    let o = cli.run(&["audit", "verify", "--archive", d]);
+    assert_eq!(o.code, 4, "{}", o.stdout);
+    assert!(
+        o.stdout.contains("record       17  Deleted"),
+        "{}",
+        o.stdout
+    );
+}

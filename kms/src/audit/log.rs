@@ -270,6 +270,15 @@ impl AuditLog {
         Ok(Some(cp))
     }
 
+    /// Sign the chain at a given record (the end of an archive segment).
+    pub async fn checkpoint_at(
+        &self,
+        seq: u64,
+        hash: &str,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        self.checkpoint(seq, hash).await
+    }
+
     /// Sign the current head (at shutdown, before an export, on demand).
     pub async fn checkpoint_head(&self) -> Result<Option<Checkpoint>, AuditError> {
         let (seq, hash) = self.store.audit_head().await?;
@@ -345,12 +354,21 @@ impl AuditLog {
         let head = self.store.audit_head().await?;
         let key = super::parse_public_key(&hex::encode(self.public_key().await?))
             .map_err(AuditError::Keys)?;
+        let (first_seq, prev_hash) = self.store.audit_chain_start().await?;
+        // Checkpoints of archived records are verified with their archive.
+        let checkpoints: Vec<_> = checkpoints
+            .into_iter()
+            .filter(|c| c.seq >= first_seq)
+            .collect();
         let mut report = super::verify_chain(
             stored,
             &checkpoints,
             Some(&key),
             Some(head),
-            &super::ChainStart::default(),
+            &super::ChainStart {
+                first_seq,
+                prev_hash,
+            },
         );
         for (seq, ok) in self.check_macs(records).await? {
             report.macs_verified += 1;

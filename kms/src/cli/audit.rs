@@ -66,9 +66,40 @@ fn read_checkpoints(path: &std::path::Path) -> Result<Vec<Checkpoint>> {
 pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::Verify {
+            archive: Some(dir),
+            public_key,
+            ..
+        } => {
+            let key_path = public_key
+                .clone()
+                .unwrap_or_else(|| dir.join(PUBLIC_KEY_FILE));
+            let key = parse_public_key(
+                &std::fs::read_to_string(&key_path)
+                    .with_context(|| format!("reading {}", key_path.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("public key: {e}"))?;
+            let segments = read_archive(dir)?;
+            let Some(first) = segments.first() else {
+                bail!("no segments in {}", dir.display());
+            };
+            let start = ChainStart {
+                first_seq: first.0.first_seq,
+                prev_hash: first.0.prev_hash.clone(),
+            };
+            let (mut text, mut cps) = (String::new(), Vec::new());
+            for (m, base) in &segments {
+                text.push_str(&std::fs::read_to_string(base.with_extension("jsonl"))?);
+                cps.extend(read_checkpoints(&base.with_extension("checkpoints.jsonl"))?);
+                let _ = m;
+            }
+            let r = verify_chain(stored_from_jsonl(&text), &cps, Some(&key), None, &start);
+            show_report(cli, &r)
+        }
+        AuditCommand::Verify {
             records: Some(records),
             checkpoints,
             public_key,
+            ..
         } => {
             // Offline: a file and a public key; no database, no HSM.
             let text = std::fs::read_to_string(records)
@@ -219,6 +250,7 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
             eprintln!("report written to {}", out.display());
             Ok(())
         }
+        AuditCommand::Archive { through, dir } => archive(cli, *through, dir).await,
         AuditCommand::PublicKey => {
             let svc = super::commands::service(cli, Role::User).await?;
             let pem =
@@ -290,4 +322,135 @@ fn line(r: &AuditRecord) -> String {
         keys.join(","),
         r.event.reason.as_deref().unwrap_or("")
     )
+}
+
+const PUBLIC_KEY_FILE: &str = "audit-public-key.pem";
+
+/// What an archive segment says about itself.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The hash the first record links to.
+    pub prev_hash: String,
+    pub last_hash: String,
+    pub records: u64,
+    pub created_at: String,
+}
+
+/// Segments of an archive directory, oldest first: (manifest, path without extension).
+fn read_archive(dir: &std::path::Path) -> Result<Vec<(Manifest, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let m: Manifest = serde_json::from_str(&std::fs::read_to_string(&p)?)
+                .with_context(|| format!("manifest {}", p.display()))?;
+            out.push((m, p.with_extension("")));
+        }
+    }
+    out.sort_by_key(|(m, _)| m.first_seq);
+    Ok(out)
+}
+
+async fn archive(cli: &Cli, through: u64, dir: &std::path::Path) -> Result<()> {
+    let svc = super::commands::service(cli, Role::User).await?;
+    let store = svc.audit().store();
+    let (first, prev_hash) = store.audit_chain_start().await?;
+    let (head, _) = store.audit_head().await?;
+    if through < first || through >= head {
+        bail!(kms::service::ServiceError::Invalid(format!(
+            "--through must be between {first} and {} (the head, {head}, stays)",
+            head.saturating_sub(1)
+        )));
+    }
+    // The whole database chain must be intact before any of it moves.
+    let check = svc.audit().verify_database().await?;
+    if !check.ok() {
+        show_report(cli, &check)?;
+    }
+    let stored = AuditLog::stored(store).await?;
+    let segment: Vec<AuditRecord> = stored
+        .into_iter()
+        .filter_map(|s| s.record.ok())
+        .filter(|r| r.seq <= through)
+        .collect();
+    let last_hash = segment.last().map(|r| r.hash.clone()).unwrap_or_default();
+    svc.audit().checkpoint_at(through, &last_hash).await?;
+    std::fs::create_dir_all(dir)?;
+    let base = dir.join(format!("segment-{first:012}-{through:012}"));
+    let mut text = String::new();
+    for r in &segment {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    let mut cps = String::new();
+    for c in store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .filter(|c| c.seq >= first && c.seq <= through)
+    {
+        cps.push_str(&serde_json::to_string(&c)?);
+        cps.push('\n');
+    }
+    let manifest = Manifest {
+        first_seq: first,
+        last_seq: through,
+        prev_hash,
+        last_hash: last_hash.clone(),
+        records: segment.len() as u64,
+        created_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let pem = public_key_pem(&svc.audit().public_key().await?).map_err(|e| anyhow::anyhow!(e))?;
+    std::fs::write(base.with_extension("jsonl"), &text)?;
+    std::fs::write(base.with_extension("checkpoints.jsonl"), &cps)?;
+    std::fs::write(dir.join(PUBLIC_KEY_FILE), &pem)?;
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    // Read back what was written and verify it on its own before deleting.
+    let key = parse_public_key(&pem).map_err(|e| anyhow::anyhow!(e))?;
+    let written = std::fs::read_to_string(base.with_extension("jsonl"))?;
+    let r = verify_chain(
+        stored_from_jsonl(&written),
+        &read_checkpoints(&base.with_extension("checkpoints.jsonl"))?,
+        Some(&key),
+        Some((through, last_hash.clone())),
+        &ChainStart {
+            first_seq: manifest.first_seq,
+            prev_hash: manifest.prev_hash.clone(),
+        },
+    );
+    if !r.ok() || r.checkpoints_verified == 0 {
+        bail!("the written segment does not verify; nothing was deleted");
+    }
+    store
+        .archive_audit_through(
+            first,
+            through,
+            &last_hash,
+            &base.display().to_string(),
+            segment.len() as u64,
+        )
+        .await?;
+    record_read(
+        &svc,
+        cli,
+        "audit.archive",
+        &format!("records {first}..{through} to {}", base.display()),
+    )
+    .await?;
+    print(cli.json, &manifest, || {
+        format!(
+            "archived records {first}..{through} ({} records) to {}.jsonl; the database chain now starts at {}",
+            manifest.records,
+            base.display(),
+            through + 1
+        )
+    });
+    Ok(())
 }

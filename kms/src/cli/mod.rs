@@ -63,6 +63,10 @@ pub enum AuditCommand {
         /// Its checkpoints (JSON Lines), for offline verification.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+        /// An archive directory (from `kms audit archive`): verify every
+        /// segment in it, offline, as one chain.
+        #[arg(long, conflicts_with = "records")]
+        archive: Option<PathBuf>,
         /// The checkpoint public key (PEM, from `kms audit public-key`).
         #[arg(long)]
         public_key: Option<PathBuf>,
@@ -106,6 +110,14 @@ pub enum AuditCommand {
         out: PathBuf,
         #[arg(long, default_value = "KMS audit report")]
         title: String,
+    },
+    /// Retention: move records up to `--through` into a signed archive
+    /// segment in `--dir` (verified before they leave the database).
+    Archive {
+        #[arg(long)]
+        through: u64,
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Print the checkpoint signing public key (PEM).
     PublicKey,

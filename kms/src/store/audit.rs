@@ -220,4 +220,54 @@ impl Store {
             })
             .collect()
     }
+
+    /// Where the chain in the database starts: after the last archived
+    /// record, linking to its hash; (1, GENESIS) when nothing was archived.
+    pub async fn audit_chain_start(&self) -> Result<(u64, String), StoreError> {
+        let row = sqlx::query(
+            "SELECT through_seq, last_hash FROM audit_archives ORDER BY through_seq DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => {
+                let s: i64 = r.try_get("through_seq")?;
+                (u64::try_from(s).unwrap_or(0) + 1, r.try_get("last_hash")?)
+            }
+            None => (1, crate::audit::GENESIS.to_owned()),
+        })
+    }
+
+    /// Remove records up to `through` (already written to `location` and
+    /// verified there) and remember where the chain now starts, in one
+    /// transaction. Checkpoints stay: they are small and prove the past.
+    pub async fn archive_audit_through(
+        &self,
+        first: u64,
+        through: u64,
+        last_hash: &str,
+        location: &str,
+        records: u64,
+    ) -> Result<(), StoreError> {
+        let to_i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO audit_archives (through_seq, first_seq, last_hash, at, location, records) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(to_i(through))
+        .bind(to_i(first))
+        .bind(last_hash)
+        .bind(super::records::format_time(time::OffsetDateTime::now_utc())?)
+        .bind(location)
+        .bind(to_i(records))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM audit_records WHERE seq <= $1")
+            .bind(to_i(through))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
