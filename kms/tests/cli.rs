@@ -654,3 +654,56 @@ fn tsm_ac2_archived_segments_verify_across_segments() {
         o.stdout
     );
 }
+
+/// KM-7 / HS-1: a PAN can be given on standard input (never in `ps`), and
+/// it is only ever shown masked.
+#[test]
+fn km7_pan_from_stdin_is_shown_masked_only() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
+    let o = cli.run_with(
+        &[
+            "key",
+            "import",
+            "-t",
+            "i",
+            "imk",
+            "--alg",
+            "tdes-2key",
+            "--usage",
+            "imk-ac",
+            "--components",
+            "3",
+            "--stdin",
+            "--kcv",
+            "DD4D44",
+        ],
+        Some(comps),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let tk = [
+        "key",
+        "create",
+        "-t",
+        "i",
+        "tk",
+        "--alg",
+        "aes-128",
+        "--usage",
+        "transport-kek",
+        "--trusted",
+    ];
+    assert_eq!(cli.dual_control_as("so", &tk).code, 0);
+    let pan = "4304749924883220";
+    let o = cli.run_with(
+        &[
+            "derive", "emv-card", "-t", "i", "--imk", "imk", "--pan", "-", "--psn", "60", "--kek",
+            "tk",
+        ],
+        Some(&format!("{pan}\n")),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("430474******3220"), "{}", o.stdout);
+    assert!(!o.stdout.contains(pan) && !o.stderr.contains(pan));
+}

@@ -489,7 +489,11 @@ async fn derive(cli: &Cli, cmd: &DeriveCommand) -> Result<()> {
             psn,
             kek,
         } => {
-            let pan = Pan::parse(pan)?;
+            let pan = if pan == "-" {
+                Pan::parse(read_secret_line()?.trim())?
+            } else {
+                Pan::parse(pan)?
+            };
             let out = svc
                 .emv_card_key(
                     &who,

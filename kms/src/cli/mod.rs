@@ -278,6 +278,8 @@ pub enum DeriveCommand {
         tenant: String,
         #[arg(long)]
         imk: String,
+        /// The PAN, or '-' to read it from standard input (so it never
+        /// appears in the process list or shell history).
         #[arg(long)]
         pan: String,
         #[arg(long)]
