@@ -92,27 +92,26 @@ fn raw_rate(hsm: &Arc<Hsm>, imk: KeyRef, kek: KeyRef, callers: usize, secs: f64)
     }
 }
 
-/// The audit trail alone: one record appended (hash chain, HSM MAC, row
-/// lock, commit) per operation.
-async fn audit_rate(svc: &KeyService, callers: usize, secs: f64) -> Row {
+/// Run `op(n)` in a loop on `callers` tasks for `secs`; each caller counts
+/// its own sequence numbers n = caller, caller + callers, ...
+async fn task_rate<F, Fut>(what: &'static str, callers: usize, secs: f64, op: F) -> Row
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (log, stop, count) = (svc.audit().clone(), stop.clone(), count.clone());
+        .map(|t| {
+            let (stop, count, op) = (stop.clone(), count.clone(), op.clone());
             tokio::spawn(async move {
+                let mut n = t as u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let e = kms::audit::AuditEvent {
-                        actor: "bench".into(),
-                        role: "operator".into(),
-                        action: "bench.append".into(),
-                        outcome: Some(kms::audit::Outcome::Success),
-                        ..Default::default()
-                    };
-                    if log.record(e).await.is_err() {
+                    if !op(n).await {
                         break;
                     }
+                    n += callers as u64;
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -126,7 +125,7 @@ async fn audit_rate(svc: &KeyService, callers: usize, secs: f64) -> Row {
     let seconds = start.elapsed().as_secs_f64();
     let ops = count.load(Ordering::Relaxed);
     Row {
-        what: "audit trail alone: append one record",
+        what,
         callers,
         ops,
         seconds,
@@ -134,55 +133,61 @@ async fn audit_rate(svc: &KeyService, callers: usize, secs: f64) -> Row {
     }
 }
 
-async fn layer_rate(svc: &KeyService, tenant: &Tenant, callers: usize, secs: f64) -> Row {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|t| {
-            let (svc, stop, count, tenant) =
-                (svc.clone(), stop.clone(), count.clone(), tenant.clone());
-            tokio::spawn(async move {
-                let Ok(who) = Actor::parse("bench") else {
-                    return;
-                };
-                let (Ok(imk), Ok(kek)) = (KeyName::parse("imk"), KeyName::parse("transport"))
-                else {
-                    return;
-                };
-                let mut n: u64 = t as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(pan) = Pan::parse(&format!("{:016}", 4_000_000_000_000_000u64 + n))
-                    else {
-                        break;
-                    };
-                    n += callers as u64;
-                    if svc
-                        .emv_card_key(&who, &tenant, &imk, &pan, 1, &kek)
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let ops = count.load(Ordering::Relaxed);
-    Row {
-        what: "key layer, audited: emv_card_key",
+/// The audit trail alone: one record appended (hash chain, HSM MAC, row
+/// lock, commit) per operation.
+async fn audit_rate(svc: &KeyService, callers: usize, secs: f64) -> Row {
+    let log = svc.audit().clone();
+    task_rate(
+        "audit trail alone: append one record",
         callers,
-        ops,
-        seconds,
-        ops_per_second: ops as f64 / seconds,
-    }
+        secs,
+        move |_| {
+            let log = log.clone();
+            async move {
+                let e = kms::audit::AuditEvent {
+                    actor: "bench".into(),
+                    role: "operator".into(),
+                    action: "bench.append".into(),
+                    outcome: Some(kms::audit::Outcome::Success),
+                    ..Default::default()
+                };
+                log.record(e).await.is_ok()
+            }
+        },
+    )
+    .await
+}
+
+async fn layer_rate(svc: &KeyService, tenant: &Tenant, callers: usize, secs: f64) -> Result<Row> {
+    let (svc, tenant) = (svc.clone(), tenant.clone());
+    let (who, imk, kek) = (
+        Actor::parse("bench")?,
+        KeyName::parse("imk")?,
+        KeyName::parse("transport")?,
+    );
+    Ok(task_rate(
+        "key layer, audited: emv_card_key",
+        callers,
+        secs,
+        move |n| {
+            let (svc, tenant, who, imk, kek) = (
+                svc.clone(),
+                tenant.clone(),
+                who.clone(),
+                imk.clone(),
+                kek.clone(),
+            );
+            async move {
+                let Ok(pan) = Pan::parse(&format!("{:016}", 4_000_000_000_000_000u64 + n)) else {
+                    return false;
+                };
+                svc.emv_card_key(&who, &tenant, &imk, &pan, 1, &kek)
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await)
 }
 
 pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
@@ -249,7 +254,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         rows.push(
             tokio::task::spawn_blocking(move || raw_rate(&h, imk, kek, callers, secs)).await?,
         );
-        rows.push(layer_rate(&svc, &tenant, callers, args.seconds).await);
+        rows.push(layer_rate(&svc, &tenant, callers, args.seconds).await?);
         rows.push(audit_rate(&svc, callers, args.seconds).await);
     }
 

@@ -48,6 +48,53 @@ pub struct AuditLog {
     keys: Option<AuditKeys>,
 }
 
+/// This node's name in records: $KMS_NODE, else the host name.
+fn node_name() -> String {
+    std::env::var("KMS_NODE").unwrap_or_else(|_| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "kms".into())
+    })
+}
+
+/// Append `event` as the chain's next record, MACed in the HSM when a key
+/// is given (the one place that builds records).
+async fn append(
+    store: &Store,
+    node: String,
+    event: AuditEvent,
+    mac_key: Option<(Arc<Hsm>, KeyRef)>,
+) -> Result<AuditRecord, AuditError> {
+    store
+        .append_audit(|seq, prev| async move {
+            let at = now_rfc3339();
+            let hash = AuditRecord::compute_hash(seq, &at, &node, &event, &prev);
+            let mac = match mac_key {
+                Some((hsm, key)) => {
+                    let h = hash.clone();
+                    let mac = tokio::task::spawn_blocking(move || {
+                        hsm.mac(&key, MacAlg::HmacSha256, h.as_bytes())
+                    })
+                    .await
+                    .map_err(|e| AuditError::Unwritable(e.to_string()))??;
+                    hex::encode_upper(mac)
+                }
+                None => String::new(),
+            };
+            Ok::<_, AuditError>(AuditRecord {
+                seq,
+                at,
+                node,
+                event,
+                prev,
+                hash,
+                mac,
+            })
+        })
+        .await
+        .map_err(|e| AuditError::Unwritable(e.to_string()))
+}
+
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
@@ -59,11 +106,7 @@ impl AuditLog {
     /// HSM on first use (HMAC-SHA256 for record MACs, ECDSA P-256 for
     /// checkpoints).
     pub async fn open(store: Store, hsm: Arc<Hsm>) -> Result<AuditLog, AuditError> {
-        let node = std::env::var("KMS_NODE").unwrap_or_else(|_| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "kms".into())
-        });
+        let node = node_name();
         let mut log = AuditLog {
             store,
             hsm,
@@ -167,37 +210,8 @@ impl AuditLog {
     /// Append one record. Fail closed: an error here means the caller must
     /// not go on with the act.
     pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
-        let keys = self.keys;
-        let node = self.node.clone();
-        let rec = self
-            .store
-            .append_audit(|seq, prev| async move {
-                let at = now_rfc3339();
-                let hash = AuditRecord::compute_hash(seq, &at, &node, &event, &prev);
-                let mac = match keys {
-                    Some(k) => {
-                        let h = hash.clone();
-                        hex::encode_upper(
-                            self.on_hsm(move |hsm| {
-                                hsm.mac(&k.mac, MacAlg::HmacSha256, h.as_bytes())
-                            })
-                            .await?,
-                        )
-                    }
-                    None => String::new(),
-                };
-                Ok::<_, AuditError>(AuditRecord {
-                    seq,
-                    at,
-                    node,
-                    event,
-                    prev,
-                    hash,
-                    mac,
-                })
-            })
-            .await
-            .map_err(|e| AuditError::Unwritable(e.to_string()))?;
+        let mac_key = self.keys.map(|k| (self.hsm.clone(), k.mac));
+        let rec = append(&self.store, self.node.clone(), event, mac_key).await?;
         if rec.seq % CHECKPOINT_EVERY == 0 {
             // A failed checkpoint does not undo the record; the next one covers it.
             if let Err(e) = self.checkpoint(rec.seq, &rec.hash).await {
@@ -214,27 +228,7 @@ impl AuditLog {
         store: &Store,
         event: AuditEvent,
     ) -> Result<AuditRecord, AuditError> {
-        let node = std::env::var("KMS_NODE").unwrap_or_else(|_| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "kms".into())
-        });
-        store
-            .append_audit(|seq, prev| async move {
-                let at = now_rfc3339();
-                let hash = AuditRecord::compute_hash(seq, &at, &node, &event, &prev);
-                Ok::<_, AuditError>(AuditRecord {
-                    seq,
-                    at,
-                    node,
-                    event,
-                    prev,
-                    hash,
-                    mac: String::new(),
-                })
-            })
-            .await
-            .map_err(|e| AuditError::Unwritable(e.to_string()))
+        append(store, node_name(), event, None).await
     }
 
     /// A keyed hash of a PAN (HMAC in the HSM under the audit key), so a
