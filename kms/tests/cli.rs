@@ -109,6 +109,44 @@ impl Cli {
         );
     }
 
+    /// i/imk from the known components, and a trusted transport KEK i/tk
+    /// made under dual control.
+    fn imk_and_transport_kek(&self, comps: &str) {
+        let o = self.run_with(
+            &[
+                "key",
+                "import",
+                "-t",
+                "i",
+                "imk",
+                "--alg",
+                "tdes-2key",
+                "--usage",
+                "imk-ac",
+                "--components",
+                "3",
+                "--stdin",
+                "--kcv",
+                "DD4D44",
+            ],
+            Some(comps),
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let tk = [
+            "key",
+            "create",
+            "-t",
+            "i",
+            "tk",
+            "--alg",
+            "aes-128",
+            "--usage",
+            "transport-kek",
+            "--trusted",
+        ];
+        assert_eq!(self.dual_control_as("so", &tk).code, 0);
+    }
+
     /// request (alice) -> approve (bob) -> execute (alice)
     fn dual_control(&self, request: &[&str]) -> Out {
         self.dual_control_as("alice", request)
@@ -437,39 +475,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         assert!(o.code == 0, "{args:?}: {}", o.stderr);
     }
     // Component import, dual control and a derivation with a PAN.
-    let o = cli.run_with(
-        &[
-            "key",
-            "import",
-            "-t",
-            "i",
-            "imk",
-            "--alg",
-            "tdes-2key",
-            "--usage",
-            "imk-ac",
-            "--components",
-            "3",
-            "--stdin",
-            "--kcv",
-            "DD4D44",
-        ],
-        Some(comps),
-    );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let tk = [
-        "key",
-        "create",
-        "-t",
-        "i",
-        "tk",
-        "--alg",
-        "aes-128",
-        "--usage",
-        "transport-kek",
-        "--trusted",
-    ];
-    assert_eq!(cli.dual_control_as("so", &tk).code, 0);
+    cli.imk_and_transport_kek(comps);
     let o = cli.run(&[
         "derive", "emv-card", "-t", "i", "--imk", "imk", "--pan", pan, "--psn", "01", "--kek", "tk",
     ]);
@@ -662,39 +668,7 @@ fn km7_pan_from_stdin_is_shown_masked_only() {
     let cli = Cli::new();
     cli.ok(&["init"]);
     let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
-    let o = cli.run_with(
-        &[
-            "key",
-            "import",
-            "-t",
-            "i",
-            "imk",
-            "--alg",
-            "tdes-2key",
-            "--usage",
-            "imk-ac",
-            "--components",
-            "3",
-            "--stdin",
-            "--kcv",
-            "DD4D44",
-        ],
-        Some(comps),
-    );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let tk = [
-        "key",
-        "create",
-        "-t",
-        "i",
-        "tk",
-        "--alg",
-        "aes-128",
-        "--usage",
-        "transport-kek",
-        "--trusted",
-    ];
-    assert_eq!(cli.dual_control_as("so", &tk).code, 0);
+    cli.imk_and_transport_kek(comps);
     let pan = "4304749924883220";
     let o = cli.run_with(
         &[
