@@ -502,6 +502,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     }
     for action in [
         "service.open",
+        "service.close",
         "key.import",
         "request.approve",
         "request.execute",

@@ -55,7 +55,27 @@ pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
             return Err(anyhow::Error::new(e).context("opening the token"));
         }
     };
-    Ok(KeyService::open(Arc::new(hsm), store, policy, "cli").await?)
+    let svc = KeyService::open(Arc::new(hsm), store, policy, "cli").await?;
+    if let Ok(mut open) = OPENED.lock() {
+        open.push(svc.clone());
+    }
+    Ok(svc)
+}
+
+/// Services this command opened, closed (recorded, head signed) when it
+/// ends. A process holds one login at a time, so a command that switches
+/// to the security officer's login closes the user's service first.
+static OPENED: std::sync::Mutex<Vec<KeyService>> = std::sync::Mutex::new(Vec::new());
+
+pub async fn close_all() -> Result<()> {
+    let open: Vec<KeyService> = match OPENED.lock() {
+        Ok(mut o) => o.drain(..).collect(),
+        Err(_) => Vec::new(),
+    };
+    for svc in open {
+        svc.close().await?;
+    }
+    Ok(())
 }
 
 fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
@@ -63,6 +83,12 @@ fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
 }
 
 pub async fn dispatch(cli: &Cli) -> Result<()> {
+    let result = run_command(cli).await;
+    let closed = close_all().await;
+    result.and(closed)
+}
+
+async fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Init => init(cli).await,
         Command::Status => status(cli, ReconcileMode::Report).await,
@@ -446,6 +472,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
             let op = svc.approval(id).await?.operation;
             let svc = if op.needs_security_officer() {
                 drop(svc);
+                close_all().await?;
                 service(cli, Role::SecurityOfficer).await?
             } else {
                 svc

@@ -108,6 +108,27 @@ impl KeyService {
         &self.audit
     }
 
+    /// Stop: record it, and sign the chain's head (a checkpoint at every
+    /// shutdown, so a truncated tail is always detectable).
+    pub async fn close(&self) -> Result<(), ServiceError> {
+        self.audit
+            .record(crate::audit::AuditEvent {
+                actor: "kms".into(),
+                role: "system".into(),
+                action: "service.close".into(),
+                outcome: Some(crate::audit::Outcome::Success),
+                source: Some(self.source.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(ServiceError::Audit)?;
+        self.audit
+            .checkpoint_head()
+            .await
+            .map_err(ServiceError::Audit)?;
+        Ok(())
+    }
+
     /// The role the service's login acts in.
     pub fn role_name(&self) -> &'static str {
         match self.hsm.role() {
