@@ -397,6 +397,15 @@ fn tsm_ac1_wrong_pin_and_missing_module_are_failures() {
     let cli = Cli::new();
     std::fs::write(cli.token.dir.path().join("user.pin"), "00000000").unwrap();
     cli.code(&["init"], 1, "refused the PIN");
+    // The failed login is in the trail (recorded without the token).
+    std::fs::write(cli.token.dir.path().join("user.pin"), &cli.token.user_pin).unwrap();
+    let found = cli
+        .ok(&["--json", "audit", "search", "--action", "hsm.login"])
+        .stdout;
+    assert!(
+        found.contains("\"outcome\":\"failure\"") && found.contains("PIN"),
+        "{found}"
+    );
     let text = std::fs::read_to_string(&cli.config)
         .unwrap()
         .replace(&module_path(), "/nonexistent/module.so");
@@ -501,6 +510,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         assert!(actions.contains(action), "{args:?} left no {action} record");
     }
     for action in [
+        "cli.key",
         "service.open",
         "service.close",
         "key.import",

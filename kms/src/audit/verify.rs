@@ -84,10 +84,14 @@ pub fn verify_chain(
     checkpoints: &[Checkpoint],
     key: Option<&VerifyingKey>,
     head: Option<(u64, String)>,
-    start: &ChainStart,
+    start: Option<&ChainStart>,
 ) -> VerifyReport {
     let mut report = VerifyReport::default();
     let mut found: Vec<Damage> = Vec::new();
+    let start = match start {
+        Some(s) => s.clone(),
+        None => infer_start(&stored, checkpoints, key, &mut found),
+    };
     let mut records: Vec<(u64, AuditRecord)> = Vec::new();
 
     // 1. Each record on its own, and storage order.
@@ -253,6 +257,48 @@ pub fn verify_chain(
     report
 }
 
+/// Where a chain starts when nobody says: at record 1 from GENESIS, or, for
+/// a chain whose older records were archived, at its first record — but only
+/// if a signed checkpoint vouches for the record just before it (its hash is
+/// the first record's link). Otherwise the missing prefix is reported: a
+/// forged archive boundary cannot hide records.
+fn infer_start(
+    stored: &[Stored],
+    checkpoints: &[Checkpoint],
+    key: Option<&VerifyingKey>,
+    found: &mut Vec<Damage>,
+) -> ChainStart {
+    let first = stored
+        .iter()
+        .filter_map(|s| s.record.as_ref().ok())
+        .min_by_key(|r| r.seq);
+    let Some(first) = first else {
+        return ChainStart::default();
+    };
+    if first.seq <= 1 {
+        return ChainStart::default();
+    }
+    let vouched = checkpoints.iter().any(|c| {
+        c.seq + 1 == first.seq
+            && c.hash == first.prev
+            && key.is_some_and(|k| verify_checkpoint(c, k))
+    });
+    if !vouched {
+        found.push(damage(
+            DamageKind::Deleted,
+            1,
+            format!(
+                "records 1..{} are not here and no signed checkpoint vouches for where the chain starts",
+                first.seq - 1
+            ),
+        ));
+    }
+    ChainStart {
+        first_seq: first.seq,
+        prev_hash: first.prev.clone(),
+    }
+}
+
 /// Records of a JSON Lines export, in file order.
 pub fn stored_from_jsonl(text: &str) -> Vec<Stored> {
     text.lines()
@@ -331,7 +377,7 @@ mod tests {
 
     fn run(recs: &[AuditRecord], cps: &[Checkpoint]) -> VerifyReport {
         let vk = *key().verifying_key();
-        verify_chain(stored(recs), cps, Some(&vk), None, &ChainStart::default())
+        verify_chain(stored(recs), cps, Some(&vk), None, None)
     }
 
     fn only(report: &VerifyReport, kind: DamageKind, seq: u64) {

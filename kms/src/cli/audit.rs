@@ -24,7 +24,9 @@ fn show_report(cli: &Cli, r: &VerifyReport) -> Result<()> {
             r.checkpoints,
             r.macs_verified
         );
-        if r.ok() {
+        if r.ok() && r.checkpoints_verified == 0 {
+            s.push_str("VERIFIED (self-consistent only: no signed checkpoint was checked; pass --checkpoints and --public-key)");
+        } else if r.ok() {
             s.push_str("VERIFIED: the chain is intact");
         } else {
             s.push_str(&format!("DAMAGED: {} finding(s)\n", r.damage.len()));
@@ -92,7 +94,13 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
                 cps.extend(read_checkpoints(&base.with_extension("checkpoints.jsonl"))?);
                 let _ = m;
             }
-            let r = verify_chain(stored_from_jsonl(&text), &cps, Some(&key), None, &start);
+            let r = verify_chain(
+                stored_from_jsonl(&text),
+                &cps,
+                Some(&key),
+                None,
+                Some(&start),
+            );
             show_report(cli, &r)
         }
         AuditCommand::Verify {
@@ -113,16 +121,15 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
                     parse_public_key(&std::fs::read_to_string(p)?)
                         .map_err(|e| anyhow::anyhow!("public key: {e}"))?,
                 ),
-                None if !cps.is_empty() => bail!("--public-key is needed to check checkpoints"),
+                None if !cps.is_empty() => {
+                    return Err(kms::service::ServiceError::Invalid(
+                        "--public-key is needed to check checkpoints".into(),
+                    )
+                    .into())
+                }
                 None => None,
             };
-            let r = verify_chain(
-                stored_from_jsonl(&text),
-                &cps,
-                key.as_ref(),
-                None,
-                &ChainStart::default(),
-            );
+            let r = verify_chain(stored_from_jsonl(&text), &cps, key.as_ref(), None, None);
             show_report(cli, &r)
         }
         AuditCommand::Verify { records: None, .. } => {
@@ -169,14 +176,13 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
                 &format!("{} records", found.len()),
             )
             .await?;
-            if cli.json {
-                for r in &found {
-                    println!("{}", serde_json::to_string(r)?);
-                }
-            } else {
-                for r in &found {
-                    println!("{}", line(r));
-                }
+            for r in &found {
+                let text = if cli.json {
+                    serde_json::to_string(r)?
+                } else {
+                    line(r)
+                };
+                super::output::line(&text);
             }
             Ok(())
         }
@@ -248,7 +254,12 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
             let html = render_html(title, &records, &cps, &verification, &now);
             std::fs::write(out, html).with_context(|| format!("writing {}", out.display()))?;
             eprintln!("report written to {}", out.display());
-            Ok(())
+            if verification.ok() {
+                Ok(())
+            } else {
+                // The report shows the damage; the exit code says it too.
+                Err(anyhow::Error::new(AuditDamaged(verification.damage.len())))
+            }
         }
         AuditCommand::Archive { through, dir } => archive(cli, *through, dir).await,
         AuditCommand::PublicKey => {
@@ -420,10 +431,10 @@ async fn archive(cli: &Cli, through: u64, dir: &std::path::Path) -> Result<()> {
         &read_checkpoints(&base.with_extension("checkpoints.jsonl"))?,
         Some(&key),
         Some((through, last_hash.clone())),
-        &ChainStart {
+        Some(&ChainStart {
             first_seq: manifest.first_seq,
             prev_hash: manifest.prev_hash.clone(),
-        },
+        }),
     );
     if !r.ok() || r.checkpoints_verified == 0 {
         bail!("the written segment does not verify; nothing was deleted");

@@ -31,6 +31,9 @@ pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
     let store = Store::connect(&cfg.database_url)
         .await
         .context("opening the database")?;
+    // From here on the command's outcome reaches the trail (a failed login
+    // is recorded below; everything else by the service).
+    OPENED_ANY.store(true, std::sync::atomic::Ordering::Relaxed);
     let hsm_cfg = cfg.hsm(role)?;
     let opened = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg)).await?;
     let hsm = match opened {
@@ -62,6 +65,62 @@ pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
     Ok(svc)
 }
 
+/// Whether this command reached the audit trail.
+static OPENED_ANY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A command that failed before it reached the service (bad input, an
+/// unreadable policy) is still an act: record it without the token.
+async fn record_early_failure(cli: &Cli, e: &anyhow::Error) {
+    if OPENED_ANY.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let code = super::output::exit_code(e);
+    let event = kms::audit::AuditEvent {
+        actor: actor(cli)
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        role: "operator".into(),
+        action: format!("cli.{}", command_name(&cli.command)),
+        outcome: Some(if code == 1 {
+            kms::audit::Outcome::Failure
+        } else {
+            kms::audit::Outcome::Refused
+        }),
+        reason: Some(format!("{e:#}")),
+        source: Some("cli".into()),
+        ..Default::default()
+    };
+    // With the token (so the record is MACed) when it can be opened; if
+    // it cannot, opening it has recorded that failure already.
+    let written = match service(cli, Role::User).await {
+        Ok(svc) => svc
+            .audit()
+            .record(event)
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+        Err(_) => Ok(()),
+    };
+    if let Err(err) = written {
+        eprintln!("warning: could not record the failure in the audit trail: {err}");
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Init => "init",
+        Command::Status => "status",
+        Command::Reconcile => "reconcile",
+        Command::Key(_) => "key",
+        Command::Request(_) => "request",
+        Command::Derive(_) => "derive",
+        Command::Bench(_) => "bench",
+        Command::Audit(_) => "audit",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
 /// Services this command opened, closed (recorded, head signed) when it
 /// ends. A process holds one login at a time, so a command that switches
 /// to the security officer's login closes the user's service first.
@@ -84,6 +143,9 @@ fn key_id(id: &KeyId) -> Result<(Tenant, KeyName)> {
 
 pub async fn dispatch(cli: &Cli) -> Result<()> {
     let result = run_command(cli).await;
+    if let Err(e) = &result {
+        record_early_failure(cli, e).await;
+    }
     let closed = close_all().await;
     result.and(closed)
 }
@@ -486,6 +548,14 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 _ => Vec::new(),
             };
             let out = svc.execute_with(&who, id, comps).await?;
+            if op.needs_security_officer() {
+                // Records made under the SO's login carry no MAC: close that
+                // login and sign the head at once under the user's, so they
+                // are covered by a checkpoint before anyone else writes.
+                drop(svc);
+                close_all().await?;
+                service(cli, Role::User).await?;
+            }
             print(cli.json, &out, || match &out {
                 Executed::Exported(e) => format!(
                     "{}/{} v{} (kcv {}) wrapped under {} v{} with {:?}:\n{}",

@@ -22,15 +22,27 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
+/// Print, ignoring a closed pipe (`kms ... | head`): the act is done and
+/// recorded by then, and a panic would only confuse the exit code.
 pub fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
-    if json {
+    use std::io::Write;
+    let text = if json {
         match serde_json::to_string_pretty(value) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot encode output: {e}"),
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot encode output: {e}");
+                return;
+            }
         }
     } else {
-        println!("{}", human());
-    }
+        human()
+    };
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+pub fn line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 pub fn key_line(k: &KeyRecord) -> String {

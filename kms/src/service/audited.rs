@@ -149,7 +149,23 @@ impl KeyService {
                 .await
                 .map_err(ServiceError::Audit)?;
         }
-        let result = work.await;
+        // The KMS's own keys (tenant `kms`: the audit MAC and checkpoint
+        // keys) are managed by the KMS alone: rotating the MAC key would make
+        // every earlier record unverifiable, suspending the signing key would
+        // stop every command.
+        let system_key = act.changes
+            && act
+                .keys
+                .iter()
+                .any(|k| k.tenant == crate::audit::SYSTEM_TENANT);
+        let result = if system_key {
+            Err(ServiceError::Refused(format!(
+                "tenant {} holds the KMS's own keys; they are not managed through this interface",
+                crate::audit::SYSTEM_TENANT
+            )))
+        } else {
+            work.await
+        };
         let (outcome, reason, keys) = match &result {
             Ok(v) => (Outcome::Success, None, merge(act.keys, mentions(v))),
             Err(e) => (outcome_of(e), Some(e.to_string()), act.keys),

@@ -88,7 +88,7 @@ impl KeyService {
         svc.audit
             .record(crate::audit::AuditEvent {
                 actor: "kms".into(),
-                role: "system".into(),
+                role: svc.system_role().into(),
                 action: "service.open".into(),
                 outcome: Some(crate::audit::Outcome::Success),
                 source: Some(svc.source.clone()),
@@ -114,7 +114,7 @@ impl KeyService {
         self.audit
             .record(crate::audit::AuditEvent {
                 actor: "kms".into(),
-                role: "system".into(),
+                role: self.system_role().into(),
                 action: "service.close".into(),
                 outcome: Some(crate::audit::Outcome::Success),
                 source: Some(self.source.clone()),
@@ -127,6 +127,15 @@ impl KeyService {
             .await
             .map_err(ServiceError::Audit)?;
         Ok(())
+    }
+
+    /// The role of the KMS's own records (start, stop): "system", or the
+    /// security officer's under that login, whose records carry no MAC.
+    fn system_role(&self) -> &'static str {
+        match self.hsm.role() {
+            crate::hsm::Role::User => "system",
+            crate::hsm::Role::SecurityOfficer => "security-officer",
+        }
     }
 
     /// The role the service's login acts in.
