@@ -134,9 +134,15 @@ async fn case_inserted(pg: bool) {
         )],
     )
     .await;
-        // Named as inserted; and, having no MAC from the HSM, as such too.
+    // Named as inserted; and, having no MAC from the HSM, as such too.
     let r = log.verify_database().await.unwrap();
-    assert!(r.damage.iter().any(|d| d.kind == DamageKind::Inserted && d.seq == head + 1), "{:?}", r.damage);
+    assert!(
+        r.damage
+            .iter()
+            .any(|d| d.kind == DamageKind::Inserted && d.seq == head + 1),
+        "{:?}",
+        r.damage
+    );
     assert!(r.damage.iter().all(|d| d.seq == head + 1), "{:?}", r.damage);
 }
 
@@ -419,4 +425,62 @@ async fn tsm_ac2_kill_9_during_writes_leaves_a_verifiable_chain() {
     // And the chain goes on from there.
     fill(&log, 3).await;
     assert!(log.verify_database().await.unwrap().ok());
+}
+
+/// Invariant 4: if the audit record cannot be written, the act does not
+/// happen. A trigger makes the database refuse the write-ahead record of a
+/// key creation; the creation must then leave no row and no token object.
+#[tokio::test(flavor = "multi_thread")]
+async fn inv4_no_audit_record_no_act() {
+    let kms = TestKms::new().await;
+    let svc = kms.svc();
+    let objects = svc.hsm().object_count().unwrap();
+    sql(
+        &kms.db_url,
+        &["CREATE TRIGGER refuse_key_create BEFORE INSERT ON audit_records \
+           WHEN NEW.action = 'key.create' BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"],
+    )
+    .await;
+    let e = svc
+        .create(
+            &kms_e2e::fixture::actor("alice"),
+            kms_e2e::fixture::create_req(
+                "t1",
+                "k",
+                kms::model::Algorithm::Aes128,
+                kms::model::KeyUsage::Data,
+                false,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, kms::service::ServiceError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("nothing was done"), "{e}");
+    assert!(svc
+        .store()
+        .find_key(
+            &kms_e2e::fixture::tenant("t1"),
+            &kms_e2e::fixture::name("k")
+        )
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        svc.hsm().object_count().unwrap(),
+        objects,
+        "no object was made"
+    );
+    // Reads whose record cannot be written return nothing either.
+    sql(
+        &kms.db_url,
+        &[
+            "CREATE TRIGGER refuse_reads BEFORE INSERT ON audit_records \
+           WHEN NEW.action = 'key.list' BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END",
+        ],
+    )
+    .await;
+    assert!(svc
+        .list(&kms_e2e::fixture::actor("alice"), None)
+        .await
+        .is_err());
 }
