@@ -258,11 +258,20 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         rows.push(audit_rate(&svc, callers, args.seconds).await);
     }
 
-    // Clean up: the bench's own two keys, straight off the token.
+    // Clean up: every object the bench made on the configured token (its
+    // two keys and the audit keys of its throw-away trail), straight off
+    // the token, so `kms status` stays consistent.
+    let mut objects = vec![imk.object_id, kek.object_id];
+    for rec in svc.store().list_keys(None).await? {
+        if rec.tenant.as_str() == kms::audit::SYSTEM_TENANT {
+            objects.extend(rec.versions.iter().map(|v| v.object_id));
+        }
+    }
     let h = hsm.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        h.destroy(imk.object_id)?;
-        h.destroy(kek.object_id)?;
+        for id in objects {
+            h.destroy(id)?;
+        }
         Ok(())
     })
     .await??;
