@@ -9,7 +9,8 @@
 #    into var/softhsm, with random PINs in 0600 files)
 # 4. writes kms.toml if there is none (an existing one is never touched)
 # 5. kms init, kms status
-# 6. exec kms serve, if this kms has a server; else says how to use the CLI.
+# 6. if this kms has a server: a development PKI, once (kms dev-pki, into
+#    var/pki), then exec kms serve; else says how to use the CLI.
 # Running it again re-uses the token, the PINs and kms.toml.
 set -euo pipefail
 
@@ -58,6 +59,19 @@ url = "sqlite://var/kms.db?mode=rwc"
 
 [policy]
 dir = "policies"
+
+[server]
+# kms serve: mutually authenticated TLS; every client needs a certificate from
+# client_ca, mapped to a principal in the principals file. Loopback only here.
+admin_listen = "127.0.0.1:8443"          # security officers (audit), metrics
+provisioning_listen = "127.0.0.1:8444"   # OTA provisioning
+# The development PKI made by \`kms dev-pki --dir var/pki\` (keys 0600); use
+# your organisation's CA and certificates anywhere else.
+tls_cert = "var/pki/server.crt"
+tls_key = "var/pki/server.key"
+client_ca = "var/pki/ca.crt"
+# crl = "var/pki/ca.crl"                 # revoked client certificates (PEM)
+principals = "var/pki/principals.toml"   # see policies/principals.toml
 TOML
     chmod 644 "$tmp"
     # No-clobber even if kms.toml appeared meanwhile.
@@ -77,6 +91,15 @@ step "kms status"
 "$kms" status
 
 if "$kms" serve --help >/dev/null 2>&1; then
+    step "development PKI (var/pki)"
+    # Made once, then kept: the TLS certificates and keys of the server and
+    # of two development clients (an officer, a provisioner), never HSM keys.
+    "$kms" dev-pki --dir "$repo/var/pki"
+    if ! grep -q '^\[server\]' "$config"; then
+        printf 'run.sh: %s has no [server] section: the server uses %s\n' "$config" \
+            "policies/principals.toml, which does not map the dev-pki certificates;" >&2
+        printf '        add  [server] principals = "var/pki/principals.toml"  to use them\n' >&2
+    fi
     step "kms serve"
     exec "$kms" serve
 fi

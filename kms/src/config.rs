@@ -11,13 +11,23 @@
 //! url = "sqlite://var/kms.db?mode=rwc"
 //! [policy]
 //! dir = "policies"
+//! [server]                                  # kms serve (mTLS)
+//! admin_listen = "127.0.0.1:8443"
+//! provisioning_listen = "127.0.0.1:8444"
+//! tls_cert = "var/pki/server.crt"
+//! tls_key = "var/pki/server.key"
+//! client_ca = "var/pki/ca.crt"
+//! crl = "var/pki/ca.crl"                    # optional
+//! principals = "policies/principals.toml"
 //! ```
 //! Relative paths are relative to the directory of the file. Environment:
 //! KMS_CONFIG (the file), KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_USER_PIN_FILE,
-//! KMS_SO_PIN_FILE, KMS_DATABASE_URL, KMS_POLICY_DIR, SOFTHSM2_CONF.
+//! KMS_SO_PIN_FILE, KMS_DATABASE_URL, KMS_POLICY_DIR, SOFTHSM2_CONF,
+//! KMS_ADMIN_LISTEN, KMS_PROVISIONING_LISTEN.
 
 use crate::hsm::{HsmConfig, Role};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -38,6 +48,11 @@ pub enum ConfigError {
     PinUnavailable(String),
     #[error("no {0} configured")]
     Missing(&'static str),
+    #[error("{setting} must be an IP address and port such as 127.0.0.1:8443, not {value:?}")]
+    ListenAddress {
+        setting: &'static str,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -49,6 +64,8 @@ struct FileConfig {
     database: DatabaseSection,
     #[serde(default)]
     policy: PolicySection,
+    #[serde(default)]
+    server: ServerSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -72,6 +89,51 @@ struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 struct PolicySection {
     dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    admin_listen: Option<String>,
+    provisioning_listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    client_ca: Option<String>,
+    crl: Option<String>,
+    principals: Option<String>,
+}
+
+/// Loopback by default: exposing the KMS to a network is a decision made in
+/// kms.toml, never by omission.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_PROVISIONING_LISTEN: &str = "127.0.0.1:8444";
+
+/// `kms serve`: where to listen and the TLS material (TSM-DATA-4, TSM-AC-3).
+/// The files are read when the server starts, not here, so commands that do
+/// not serve work without them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// The security officers' and operators' listener.
+    pub admin_listen: SocketAddr,
+    /// The OTA provisioning listener.
+    pub provisioning_listen: SocketAddr,
+    /// The server's certificate chain (PEM), leaf first.
+    pub tls_cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub tls_key: PathBuf,
+    /// The CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) of those CAs, if any.
+    pub crl: Option<PathBuf>,
+    /// The principals policy: which client certificate is whom, in which role.
+    pub principals: PathBuf,
+}
+
+fn listen_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::ListenAddress {
+        setting,
+        value: value.chars().take(64).collect(),
+    })
 }
 
 /// Where a PIN comes from. The value itself is never in the config.
@@ -131,6 +193,7 @@ pub struct Config {
     pub max_sessions: usize,
     pub database_url: String,
     pub policy_dir: PathBuf,
+    pub server: ServerSettings,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -227,6 +290,39 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| file.policy.dir.map(|d| resolve(base, &d)))
             .unwrap_or_else(|| base.join("policies"));
+        let srv = file.server;
+        let admin_listen = match env("KMS_ADMIN_LISTEN") {
+            Some(v) => listen_addr("KMS_ADMIN_LISTEN", &v)?,
+            None => listen_addr(
+                "server.admin_listen",
+                srv.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )?,
+        };
+        let provisioning_listen = match env("KMS_PROVISIONING_LISTEN") {
+            Some(v) => listen_addr("KMS_PROVISIONING_LISTEN", &v)?,
+            None => listen_addr(
+                "server.provisioning_listen",
+                srv.provisioning_listen
+                    .as_deref()
+                    .unwrap_or(DEFAULT_PROVISIONING_LISTEN),
+            )?,
+        };
+        // Defaults name what `kms dev-pki --dir var/pki` writes, so a
+        // development set-up needs no [server] section at all.
+        let path_or =
+            |v: Option<String>, default: &str| resolve(base, v.as_deref().unwrap_or(default));
+        let server = ServerSettings {
+            admin_listen,
+            provisioning_listen,
+            tls_cert: path_or(srv.tls_cert, "var/pki/server.crt"),
+            tls_key: path_or(srv.tls_key, "var/pki/server.key"),
+            client_ca: path_or(srv.client_ca, "var/pki/ca.crt"),
+            crl: srv.crl.map(|p| resolve(base, &p)),
+            principals: srv
+                .principals
+                .map(|p| resolve(base, &p))
+                .unwrap_or_else(|| policy_dir.join("principals.toml")),
+        };
         Ok(Config {
             module,
             token_label,
@@ -236,6 +332,7 @@ impl Config {
             max_sessions: file.hsm.max_sessions.unwrap_or(16),
             database_url,
             policy_dir,
+            server,
         })
     }
 
@@ -291,5 +388,52 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("[hsm]\nmodul='/m.so'\n").is_err());
+        assert!(toml::from_str::<FileConfig>("[server]\nadmin_lsten='1.2.3.4:1'\n").is_err());
+    }
+
+    #[test]
+    fn server_defaults_are_loopback_and_the_dev_pki() {
+        let file: FileConfig =
+            toml::from_str("[hsm]\nmodule='/m.so'\nuser_pin='file:u.pin'\n").unwrap();
+        let c = Config::from_parts(file, Path::new("/srv/kms")).unwrap();
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.server.provisioning_listen.to_string(), "127.0.0.1:8444");
+        assert_eq!(
+            c.server.tls_cert,
+            PathBuf::from("/srv/kms/var/pki/server.crt")
+        );
+        assert_eq!(c.server.client_ca, PathBuf::from("/srv/kms/var/pki/ca.crt"));
+        assert_eq!(c.server.crl, None);
+        assert_eq!(
+            c.server.principals,
+            PathBuf::from("/srv/kms/policies/principals.toml")
+        );
+    }
+
+    #[test]
+    fn server_section_paths_follow_the_file_and_bad_addresses_are_named() {
+        let file: FileConfig = toml::from_str(
+            "[hsm]\nmodule='/m.so'\nuser_pin='file:u.pin'\n[server]\nadmin_listen='0.0.0.0:9443'\n\
+             crl='pki/ca.crl'\nprincipals='/etc/kms/principals.toml'\n",
+        )
+        .unwrap();
+        let c = Config::from_parts(file, Path::new("/srv/kms")).unwrap();
+        assert_eq!(c.server.admin_listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(c.server.crl, Some(PathBuf::from("/srv/kms/pki/ca.crl")));
+        assert_eq!(
+            c.server.principals,
+            PathBuf::from("/etc/kms/principals.toml")
+        );
+        let file: FileConfig = toml::from_str(
+            "[hsm]\nmodule='/m.so'\nuser_pin='file:u.pin'\n[server]\nadmin_listen='localhost'\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::from_parts(file, Path::new(".")),
+            Err(ConfigError::ListenAddress {
+                setting: "server.admin_listen",
+                ..
+            })
+        ));
     }
 }

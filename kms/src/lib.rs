@@ -14,5 +14,6 @@ pub mod derivation;
 pub mod hsm;
 pub mod model;
 pub mod policy;
+pub mod server;
 pub mod service;
 pub mod store;

@@ -345,6 +345,36 @@ pub fn emv_cps11_diversify(kmc: &[u8; 16], kdd: &[u8; 10]) -> SdKeys {
     })
 }
 
+/// VISA2 diversification data for one key, as GlobalPlatformPro's
+/// `PlaintextKeys.fillVisa2` lays it out:
+/// KDD[0..2] || KDD[4..8] || F0 || k || KDD[0..2] || KDD[4..8] || 0F || k,
+/// k = 01 ENC, 02 MAC, 03 DEK. (EMV CPS 1.1 takes KDD[4..10] instead.)
+pub fn visa2_derivation_data(kdd: &[u8; 10], key: SdKey) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    for half in [0usize, 8] {
+        d[half..half + 2].copy_from_slice(&kdd[..2]);
+        d[half + 2..half + 6].copy_from_slice(&kdd[4..8]);
+    }
+    d[6] = 0xF0;
+    d[7] = key as u8;
+    d[14] = 0x0F;
+    d[15] = key as u8;
+    d
+}
+
+/// VISA2 SD keys: TDES-ECB(KMC, derivation data), both halves
+/// independently, parity as the cipher made it (like
+/// [`emv_cps11_diversify`]). There is no known answer for it; the layout
+/// is checked byte by byte in the tests below.
+pub fn visa2_diversify(kmc: &[u8; 16], kdd: &[u8; 10]) -> SdKeys {
+    SdKeys::from_fn(|k| {
+        let d = visa2_derivation_data(kdd, k);
+        blocks8(&d)
+            .flat_map(|b| tdes_ecb_encrypt(kmc, &b))
+            .collect()
+    })
+}
+
 /// GlobalPlatformPro's "kdf3" message for one output block: the SP 800-108
 /// counter-mode CMAC KDF with an empty prefix, so
 /// `counter || 00 00 00 || k || 00 || KDD` (k = 01 ENC, 02 MAC, 03 DEK),
@@ -746,6 +776,28 @@ mod tests {
         assert_eq!(hx(&aes_cmac(&k, &[])), "BB1D6929E95937287FA37D129B756746");
         assert_eq!(hx(&aes_cmac_k1(&k)), "FBEED618357133667C85E08F7236A8DE");
         assert_eq!(hx(&aes_kcv(&[0u8; 16])), "66E94B");
+    }
+
+    #[test]
+    fn visa2_layout_and_diversification() {
+        let kdd: [u8; 10] = std::array::from_fn(|i| (i as u8) * 0x11);
+        assert_eq!(
+            hx(&visa2_derivation_data(&kdd, SdKey::Mac)),
+            "001144556677F002001144556677".to_owned() + "0F02"
+        );
+        let kmc = [
+            0x40u8, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D,
+            0x4E, 0x4F,
+        ];
+        let keys = visa2_diversify(&kmc, &kdd);
+        let d = visa2_derivation_data(&kdd, SdKey::Dek);
+        let mut left = [0u8; 8];
+        left.copy_from_slice(&d[..8]);
+        let mut right = [0u8; 8];
+        right.copy_from_slice(&d[8..]);
+        assert_eq!(keys.dek[..8], tdes_ecb_encrypt(&kmc, &left));
+        assert_eq!(keys.dek[8..], tdes_ecb_encrypt(&kmc, &right));
+        assert_ne!(keys.enc, keys.mac);
     }
 
     #[test]

@@ -116,6 +116,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Derive(_) => "derive",
         Command::Bench(_) => "bench",
         Command::Audit(_) => "audit",
+        Command::Serve => "serve",
+        Command::DevPki { .. } => "dev-pki",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -160,6 +162,8 @@ async fn run_command(cli: &Cli) -> Result<()> {
         Command::Derive(d) => derive(cli, d).await,
         Command::Bench(b) => crate::bench::run(cli, b).await,
         Command::Audit(a) => super::audit::run(cli, a).await,
+        Command::Serve => super::serve::serve(cli).await,
+        Command::DevPki { dir } => super::serve::dev_pki(cli, dir),
     }
 }
 

@@ -3,6 +3,7 @@
 mod audit;
 pub(crate) mod commands;
 mod output;
+mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -50,6 +51,15 @@ pub enum Command {
     /// The audit trail: verify, search, export, report.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run the mTLS API (admin and provisioning listeners, kms.toml
+    /// [server]) until SIGINT or SIGTERM.
+    Serve,
+    /// Make a development PKI (CA, server and client certificates, and a
+    /// principals policy for them) unless DIR already holds one.
+    DevPki {
+        #[arg(long, default_value = "var/pki")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

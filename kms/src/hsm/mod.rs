@@ -151,6 +151,18 @@ impl Hsm {
             .get(|| -> Result<Session, HsmError> { Ok(self.pkcs11.open_rw_session(self.slot)?) })
     }
 
+    /// Whether this process is still logged in to the token (the server's
+    /// readiness): a session's state says so without touching any key, and
+    /// a token that was removed or re-initialized answers with an error.
+    pub fn logged_in(&self) -> Result<bool, HsmError> {
+        use cryptoki::session::SessionState;
+        let state = self.session()?.get_session_info()?.session_state();
+        Ok(matches!(
+            state,
+            SessionState::RoUser | SessionState::RwUser | SessionState::RwSecurityOfficer
+        ))
+    }
+
     /// Random bytes from the token's generator (KM-1).
     pub fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
         Ok(self.session()?.generate_random_vec(len)?)

@@ -143,6 +143,46 @@ pub(crate) fn kcv_twin(spec: &KeySpec, how: Creation, trust: Trust) -> Vec<Attri
     t
 }
 
+/// What a secure-channel session key (SCP02/SCP03) does inside the token
+/// during the one call that derives it; afterwards it only leaves wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionKeyUse {
+    /// Nothing: derived only to be wrapped for the caller.
+    WrapOut,
+    /// SCP02 S-ENC: the token computes the card and host cryptograms as a
+    /// TDES CBC-MAC, i.e. C_Encrypt with CKM_DES3_CBC, so it needs
+    /// CKA_ENCRYPT (and nothing else).
+    CbcMac,
+    /// SCP03 S-MAC: the cryptograms are C_Sign with CKM_AES_CMAC.
+    Cmac,
+}
+
+/// Template of a secure-channel session key: a session object derived from
+/// a static key, sensitive, extractable only by a trusted KEK when
+/// `spec.exportable` (as for any key), and with exactly the one capability
+/// its use needs. It never wraps, unwraps, decrypts or derives, so being
+/// able to encrypt (S-ENC) can never combine with wrapping.
+pub(crate) fn session_key(spec: &KeySpec, used: SessionKeyUse) -> Vec<Attribute> {
+    let spec = KeySpec {
+        persistent: false,
+        ..spec.clone()
+    };
+    let mut t = secret_key(&spec, Trust::Normal, Creation::Derive);
+    for a in t.iter_mut() {
+        match a {
+            Attribute::Encrypt(b) => *b = used == SessionKeyUse::CbcMac,
+            Attribute::Sign(b) => *b = used == SessionKeyUse::Cmac,
+            Attribute::Decrypt(b)
+            | Attribute::Wrap(b)
+            | Attribute::Unwrap(b)
+            | Attribute::Derive(b)
+            | Attribute::Verify(b) => *b = false,
+            _ => {}
+        }
+    }
+    t
+}
+
 /// Template of a short-lived helper key that exists only to derive another
 /// key inside the token (e.g. a 2-key TDES key, which SoftHSM cannot generate).
 pub(crate) fn derivation_scratch(object_id: ObjectId, trust: Trust) -> Vec<Attribute> {
@@ -227,6 +267,80 @@ mod tests {
 
     fn flag(t: &[Attribute], f: fn(&Attribute) -> Option<bool>) -> Option<bool> {
         t.iter().find_map(f)
+    }
+
+    #[test]
+    fn session_keys_are_sensitive_session_objects_that_never_wrap() {
+        for alg in [Algorithm::Tdes2, Algorithm::Aes128, Algorithm::Aes256] {
+            for used in [
+                SessionKeyUse::WrapOut,
+                SessionKeyUse::CbcMac,
+                SessionKeyUse::Cmac,
+            ] {
+                for exportable in [false, true] {
+                    let t = session_key(&spec(alg, KeyUsage::Data, exportable), used);
+                    let get = |f: fn(&Attribute) -> Option<bool>| flag(&t, f);
+                    assert_eq!(
+                        get(|x| match x {
+                            Attribute::Sensitive(b) => Some(*b),
+                            _ => None,
+                        }),
+                        Some(true)
+                    );
+                    assert_eq!(
+                        get(|x| match x {
+                            Attribute::Token(b) => Some(*b),
+                            _ => None,
+                        }),
+                        Some(false)
+                    );
+                    assert_eq!(
+                        get(|x| match x {
+                            Attribute::Extractable(b) => Some(*b),
+                            _ => None,
+                        }),
+                        Some(exportable)
+                    );
+                    assert_eq!(
+                        get(|x| match x {
+                            Attribute::WrapWithTrusted(b) => Some(*b),
+                            _ => None,
+                        }),
+                        Some(true)
+                    );
+                    for f in [
+                        (|x: &Attribute| match x {
+                            Attribute::Wrap(b) => Some(*b),
+                            _ => None,
+                        }) as fn(&Attribute) -> Option<bool>,
+                        |x| match x {
+                            Attribute::Unwrap(b) => Some(*b),
+                            _ => None,
+                        },
+                        |x| match x {
+                            Attribute::Decrypt(b) => Some(*b),
+                            _ => None,
+                        },
+                        |x| match x {
+                            Attribute::Derive(b) => Some(*b),
+                            _ => None,
+                        },
+                    ] {
+                        assert_eq!(get(f), Some(false), "{alg} {used:?}");
+                    }
+                    let encrypt = get(|x| match x {
+                        Attribute::Encrypt(b) => Some(*b),
+                        _ => None,
+                    });
+                    let sign = get(|x| match x {
+                        Attribute::Sign(b) => Some(*b),
+                        _ => None,
+                    });
+                    assert_eq!(encrypt, Some(used == SessionKeyUse::CbcMac));
+                    assert_eq!(sign, Some(used == SessionKeyUse::Cmac));
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,12 +15,17 @@ mod cardkeys;
 mod error;
 mod keys;
 mod reconcile;
+mod sessions;
 
 pub use approvals::{ApprovalRequest, Executed, Operation};
 pub use cardkeys::{SdDiversification, WrappedKey};
 pub use error::ServiceError;
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
+pub use sessions::{
+    Scp02Diversification, Scp02Request, Scp02Session, Scp03Diversification, Scp03Request,
+    Scp03Session,
+};
 
 use crate::audit::AuditLog;
 use crate::hsm::{Hsm, HsmError};

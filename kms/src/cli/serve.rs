@@ -1,0 +1,51 @@
+//! `kms serve` and `kms dev-pki`.
+
+use super::output::print;
+use super::Cli;
+use anyhow::{Context, Result};
+use kms::config::Config;
+use kms::hsm::Role;
+use std::path::Path;
+
+/// Open the service under the user's login, serve until a signal, then let
+/// the requests in flight finish. The service is closed (`service.close`,
+/// head signed) by `dispatch`, like every service a command opens.
+pub async fn serve(cli: &Cli) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let signal = kms::server::shutdown_signal()?;
+    let svc = super::commands::service(cli, Role::User).await?;
+    let running = kms::server::start(&cfg.server, svc)
+        .await
+        .context("starting the server")?;
+    eprintln!(
+        "kms serve: admin API on https://{}, provisioning API on https://{}; Ctrl-C or SIGTERM stops it",
+        running.addr_admin, running.addr_prov
+    );
+    let signal = signal.await;
+    eprintln!("kms serve: {signal}: no new connections; finishing the requests in flight");
+    running.stop().await;
+    eprintln!("kms serve: stopped");
+    Ok(())
+}
+
+pub fn dev_pki(cli: &Cli, dir: &Path) -> Result<()> {
+    let made = kms::server::dev_pki::ensure(dir)?;
+    let report = serde_json::json!({
+        "dir": made.dir.display().to_string(),
+        "created": made.created,
+        "files": kms::server::dev_pki::FILES,
+    });
+    print(cli.json, &report, || {
+        if made.created {
+            format!(
+                "development PKI written to {} (CA, server certificate for localhost, \
+                 client certificates officer and provisioner, principals.toml); \
+                 for development only",
+                made.dir.display()
+            )
+        } else {
+            format!("keeping the development PKI in {}", made.dir.display())
+        }
+    });
+    Ok(())
+}

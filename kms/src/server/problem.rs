@@ -1,0 +1,135 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`) with a
+//! stable `code` member: clients branch on `code`, never on `detail`, whose
+//! wording may change.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Every problem the API answers with. The kebab-case names are the wire
+/// `code`s: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The certificate is valid but maps to no principal.
+    UnknownCertificate,
+    /// The principal's role may not do this.
+    Forbidden,
+    /// A query parameter is unknown or malformed.
+    InvalidQuery,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// The request did not finish within the server's time limit.
+    Timeout,
+    /// The token is not logged in or the database does not answer.
+    NotReady,
+    /// The act's audit record could not be written, so its result is withheld.
+    AuditUnavailable,
+    /// Anything else; the detail is in the server's log, not in the answer.
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::UnknownCertificate => "unknown-certificate",
+            Code::Forbidden => "forbidden",
+            Code::InvalidQuery => "invalid-query",
+            Code::NotFound => "not-found",
+            Code::MethodNotAllowed => "method-not-allowed",
+            Code::PayloadTooLarge => "payload-too-large",
+            Code::Timeout => "timeout",
+            Code::NotReady => "not-ready",
+            Code::AuditUnavailable => "audit-unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::UnknownCertificate | Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::InvalidQuery => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Timeout | Code::NotReady | Code::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Code::UnknownCertificate => "The client certificate is not mapped to a principal",
+            Code::Forbidden => "The principal's role does not allow this",
+            Code::InvalidQuery => "The query is not valid",
+            Code::NotFound => "No such resource",
+            Code::MethodNotAllowed => "Method not allowed on this resource",
+            Code::PayloadTooLarge => "The request body is too large",
+            Code::Timeout => "The request took too long",
+            Code::NotReady => "The KMS is not ready",
+            Code::AuditUnavailable => "The audit trail could not record this act",
+            Code::Internal => "Internal error",
+        }
+    }
+}
+
+/// One problem document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `urn:kms:problem:<code>`: a stable identifier, not a page to fetch.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+impl Problem {
+    pub fn new(code: Code, detail: impl Into<String>) -> Problem {
+        Problem {
+            type_uri: format!("urn:kms:problem:{}", code.as_str()),
+            title: code.title().to_owned(),
+            status: code.status().as_u16(),
+            detail: detail.into(),
+            code: code.as_str().to_owned(),
+        }
+    }
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Serializing strings and a number cannot fail; the fallback keeps
+        // the answer a valid problem document all the same.
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| {
+            br#"{"type":"urn:kms:problem:internal","title":"Internal error","status":500,"detail":"","code":"internal"}"#.to_vec()
+        });
+        let mut res = (status, body).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_match_their_status() {
+        let p = Problem::new(Code::Forbidden, "no");
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["type"], "urn:kms:problem:forbidden");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["code"], "forbidden");
+        assert_eq!(v["detail"], "no");
+        let res = Problem::new(Code::AuditUnavailable, "x").into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+}

@@ -1,0 +1,409 @@
+//! GlobalPlatform secure-channel sessions (SCP02, SCP03) for a host that
+//! talks to a card: the session keys are derived inside the HSM from the
+//! Security Domain's static keys (stored, or diversified from a KMC for this
+//! call), the card's cryptogram is verified before anything else, and the
+//! keys leave only wrapped under the tenant's transport KEK (KM-2). Nothing
+//! derived outlives the call (KM-7); the HSM layer destroys every session
+//! object on every path.
+//!
+//! The audit record holds the key names, the method, the KDD, the sequence
+//! counter and the challenges: all public (the card sends them in clear).
+//! Neither cryptogram, nor anything wrapped, is recorded.
+
+use super::audited::{no_mentions, Act};
+use super::{Actor, KeyService, ServiceError, WrappedKey};
+use crate::derivation::{
+    Handshake, Kdd, KmcDiversification, Scp02Handshake, Scp03Handshake, StaticKeySource, WrappedOut,
+};
+use crate::hsm::{KeyRef, WrapAlg};
+use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, Tenant};
+
+/// How an SCP02 key set's static keys are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scp02Diversification {
+    /// `key_set` is a prefix: the tenant's `<key_set>-enc`, `-mac`, `-dek`.
+    None,
+    /// `key_set` is an sd-kmc (2-key TDES), diversified by EMV CPS 1.1.
+    EmvCps11,
+    /// `key_set` is an sd-kmc (2-key TDES), diversified by VISA2.
+    Visa2,
+}
+
+impl std::str::FromStr for Scp02Diversification {
+    type Err = crate::model::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "emv-cps11" => Ok(Self::EmvCps11),
+            "visa2" => Ok(Self::Visa2),
+            _ => Err(crate::model::ParseError::Unknown {
+                what: "SCP02 diversification",
+                value: s.chars().take(32).collect(),
+                expected: "none, emv-cps11, visa2",
+            }),
+        }
+    }
+}
+
+/// How an SCP03 key set's static keys are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scp03Diversification {
+    /// `key_set` is a prefix: the tenant's `<key_set>-enc`, `-mac`, `-dek`.
+    None,
+    /// `key_set` is an sd-kmc (AES), diversified by GlobalPlatform KDF3.
+    Kdf3,
+}
+
+impl std::str::FromStr for Scp03Diversification {
+    type Err = crate::model::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "kdf3" => Ok(Self::Kdf3),
+            _ => Err(crate::model::ParseError::Unknown {
+                what: "SCP03 diversification",
+                value: s.chars().take(32).collect(),
+                expected: "none, kdf3",
+            }),
+        }
+    }
+}
+
+/// An SCP02 INITIALIZE UPDATE exchange to open a session for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scp02Request {
+    pub tenant: Tenant,
+    pub key_set: KeyName,
+    pub diversification: Scp02Diversification,
+    /// The card's key diversification data; required when diversifying.
+    pub kdd: Option<Kdd>,
+    pub sequence_counter: [u8; 2],
+    pub host_challenge: [u8; 8],
+    pub card_challenge: [u8; 6],
+    pub card_cryptogram: [u8; 8],
+    pub transport_kek: KeyName,
+}
+
+/// SCP02 session keys wrapped under the transport KEK, with check values.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scp02Session {
+    pub s_enc: WrappedKey,
+    pub c_mac: WrappedKey,
+    pub r_mac: WrappedKey,
+    pub dek: WrappedKey,
+    /// Upper-case hex, for EXTERNAL AUTHENTICATE.
+    pub host_cryptogram: String,
+}
+
+/// An SCP03 INITIALIZE UPDATE exchange to open a session for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scp03Request {
+    pub tenant: Tenant,
+    pub key_set: KeyName,
+    pub diversification: Scp03Diversification,
+    /// The card's key diversification data; required when diversifying.
+    pub kdd: Option<Kdd>,
+    pub host_challenge: [u8; 8],
+    pub card_challenge: [u8; 8],
+    pub card_cryptogram: [u8; 8],
+    pub transport_kek: KeyName,
+}
+
+/// SCP03 session keys and the static DEK (for PUT KEY), wrapped under the
+/// transport KEK, with check values.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scp03Session {
+    pub s_enc: WrappedKey,
+    pub s_mac: WrappedKey,
+    pub s_rmac: WrappedKey,
+    pub static_dek: WrappedKey,
+    /// Upper-case hex, for EXTERNAL AUTHENTICATE.
+    pub host_cryptogram: String,
+}
+
+/// Which secure channel, for the checks on static keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scp {
+    Scp02,
+    Scp03,
+}
+
+/// The keys a request names: three static keys, or one KMC.
+fn key_set_names(
+    key_set: &KeyName,
+    diversified: bool,
+) -> Result<Vec<(KeyName, KeyUsage)>, ServiceError> {
+    if diversified {
+        return Ok(vec![(key_set.clone(), KeyUsage::SdKmc)]);
+    }
+    [
+        ("enc", KeyUsage::SdStaticEnc),
+        ("mac", KeyUsage::SdStaticMac),
+        ("dek", KeyUsage::SdStaticDek),
+    ]
+    .into_iter()
+    .map(|(suffix, usage)| {
+        KeyName::parse(&format!("{key_set}-{suffix}"))
+            .map(|n| (n, usage))
+            .map_err(ServiceError::from)
+    })
+    .collect()
+}
+
+fn wrapped(kind: &str, w: WrappedOut) -> WrappedKey {
+    WrappedKey {
+        kind: kind.to_owned(),
+        wrapped: hex::encode_upper(w.wrapped),
+        kcv: w.kcv.map(hex::encode_upper),
+    }
+}
+
+fn card_cryptogram_refused() -> ServiceError {
+    ServiceError::Refused("card cryptogram does not verify".into())
+}
+
+/// The audit record of a session request: keys, method, public values.
+fn session_act(
+    actor: &Actor,
+    action: &'static str,
+    tenant: &Tenant,
+    names: &Result<Vec<(KeyName, KeyUsage)>, ServiceError>,
+    kek: &KeyName,
+    method: &str,
+    kdd: Option<&Kdd>,
+) -> Act {
+    let mut act = Act::change(actor, action).tenant(tenant);
+    if let Ok(names) = names {
+        for (n, _) in names {
+            act = act.key(tenant, n, None);
+        }
+    }
+    act = act.key(tenant, kek, None).detail("diversification", method);
+    if let Some(kdd) = kdd {
+        act = act.detail("kdd", kdd.to_hex());
+    }
+    act
+}
+
+impl KeyService {
+    /// The tenant's transport KEK and how to wrap under it.
+    async fn session_transport_kek(
+        &self,
+        tenant: &Tenant,
+        kek: &KeyName,
+    ) -> Result<(KeyRef, WrapAlg), ServiceError> {
+        let (rec, _, r) = self.usable_for_protect(tenant, kek).await?;
+        if rec.usage != KeyUsage::TransportKek {
+            return Err(ServiceError::Invalid(format!(
+                "{tenant}/{kek} is a {} key, not a transport-kek",
+                rec.usage
+            )));
+        }
+        Ok((r, WrapAlg::default_for(rec.algorithm)))
+    }
+
+    /// Look up the static keys (or KMC) of a request, checking usage,
+    /// algorithm and, for SCP03's DEK, that it may leave the token.
+    async fn static_key_source(
+        &self,
+        tenant: &Tenant,
+        names: Vec<(KeyName, KeyUsage)>,
+        method: Option<(KmcDiversification, Option<Kdd>)>,
+        scp: Scp,
+    ) -> Result<StaticKeySource, ServiceError> {
+        let mut refs = Vec::with_capacity(names.len());
+        for (name, usage) in names {
+            let (rec, _, r) = self.usable_for_protect(tenant, &name).await?;
+            if rec.usage != usage {
+                return Err(ServiceError::Invalid(format!(
+                    "{tenant}/{name} is a {} key, not an {usage}",
+                    rec.usage
+                )));
+            }
+            let fits = match scp {
+                // SCP02 is defined for double-length TDES static keys, and
+                // EMV CPS 1.1 / VISA2 for double-length KMCs.
+                Scp::Scp02 => rec.algorithm == Algorithm::Tdes2,
+                Scp::Scp03 => rec.algorithm.family() == KeyFamily::Aes,
+            };
+            if !fits {
+                return Err(ServiceError::Invalid(format!(
+                    "{tenant}/{name} is {}; {scp:?} needs {}",
+                    rec.algorithm,
+                    match scp {
+                        Scp::Scp02 => "2-key TDES",
+                        Scp::Scp03 => "AES",
+                    }
+                )));
+            }
+            // PUT KEY needs the static DEK wrapped; the token would refuse
+            // to wrap it anyway, but say why before touching the card's keys.
+            if scp == Scp::Scp03 && usage == KeyUsage::SdStaticDek && !rec.exportable {
+                return Err(ServiceError::Refused(format!(
+                    "{tenant}/{name} was not created exportable; an SCP03 session returns the static DEK wrapped"
+                )));
+            }
+            refs.push(r);
+        }
+        match (method, refs.as_slice()) {
+            (None, [enc, mac, dek]) => Ok(StaticKeySource::Stored {
+                enc: *enc,
+                mac: *mac,
+                dek: *dek,
+            }),
+            (Some((method, Some(kdd))), [kmc]) => Ok(StaticKeySource::Diversified {
+                kmc: *kmc,
+                method,
+                kdd,
+            }),
+            (Some((method, None)), _) => Err(ServiceError::Invalid(format!(
+                "{method:?} diversification needs the card's KDD"
+            ))),
+            _ => Err(ServiceError::Internal(
+                "static keys do not match the diversification".into(),
+            )),
+        }
+    }
+
+    async fn scp02_session_now(
+        &self,
+        req: &Scp02Request,
+        names: Result<Vec<(KeyName, KeyUsage)>, ServiceError>,
+    ) -> Result<Scp02Session, ServiceError> {
+        let method = match req.diversification {
+            Scp02Diversification::None => None,
+            Scp02Diversification::EmvCps11 => Some((KmcDiversification::EmvCps11, req.kdd)),
+            Scp02Diversification::Visa2 => Some((KmcDiversification::Visa2, req.kdd)),
+        };
+        let source = self
+            .static_key_source(&req.tenant, names?, method, Scp::Scp02)
+            .await?;
+        let (kek, alg) = self
+            .session_transport_kek(&req.tenant, &req.transport_kek)
+            .await?;
+        let hs = Scp02Handshake {
+            sequence_counter: req.sequence_counter,
+            host_challenge: req.host_challenge,
+            card_challenge: req.card_challenge,
+            card_cryptogram: req.card_cryptogram,
+        };
+        match self
+            .on_hsm(move |h| h.scp02_session(&source, &hs, &kek, alg))
+            .await?
+        {
+            Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
+            Handshake::Established(k) => Ok(Scp02Session {
+                s_enc: wrapped("s-enc", k.s_enc),
+                c_mac: wrapped("c-mac", k.c_mac),
+                r_mac: wrapped("r-mac", k.r_mac),
+                dek: wrapped("dek", k.dek),
+                host_cryptogram: hex::encode_upper(k.host_cryptogram),
+            }),
+        }
+    }
+
+    async fn scp03_session_now(
+        &self,
+        req: &Scp03Request,
+        names: Result<Vec<(KeyName, KeyUsage)>, ServiceError>,
+    ) -> Result<Scp03Session, ServiceError> {
+        let method = match req.diversification {
+            Scp03Diversification::None => None,
+            Scp03Diversification::Kdf3 => Some((KmcDiversification::Kdf3, req.kdd)),
+        };
+        let source = self
+            .static_key_source(&req.tenant, names?, method, Scp::Scp03)
+            .await?;
+        let (kek, alg) = self
+            .session_transport_kek(&req.tenant, &req.transport_kek)
+            .await?;
+        let hs = Scp03Handshake {
+            host_challenge: req.host_challenge,
+            card_challenge: req.card_challenge,
+            card_cryptogram: req.card_cryptogram,
+        };
+        match self
+            .on_hsm(move |h| h.scp03_session(&source, &hs, &kek, alg))
+            .await?
+        {
+            Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
+            Handshake::Established(k) => Ok(Scp03Session {
+                s_enc: wrapped("s-enc", k.s_enc),
+                s_mac: wrapped("s-mac", k.s_mac),
+                s_rmac: wrapped("s-rmac", k.s_rmac),
+                static_dek: wrapped("static-dek", k.static_dek),
+                host_cryptogram: hex::encode_upper(k.host_cryptogram),
+            }),
+        }
+    }
+
+    /// Open an SCP02 session: verify the card cryptogram, then return the
+    /// session keys wrapped under the transport KEK and the host cryptogram.
+    /// A card cryptogram that does not verify is refused, and nothing is
+    /// returned.
+    pub async fn scp02_session(
+        &self,
+        actor: &Actor,
+        req: Scp02Request,
+    ) -> Result<Scp02Session, ServiceError> {
+        let names = key_set_names(
+            &req.key_set,
+            req.diversification != Scp02Diversification::None,
+        );
+        let method = match req.diversification {
+            Scp02Diversification::None => "none",
+            Scp02Diversification::EmvCps11 => "emv-cps11",
+            Scp02Diversification::Visa2 => "visa2",
+        };
+        let act = session_act(
+            actor,
+            "session.scp02",
+            &req.tenant,
+            &names,
+            &req.transport_kek,
+            method,
+            req.kdd.as_ref(),
+        )
+        .detail("key_set", req.key_set.as_str())
+        .detail("sequence_counter", hex::encode_upper(req.sequence_counter))
+        .detail("host_challenge", hex::encode_upper(req.host_challenge))
+        .detail("card_challenge", hex::encode_upper(req.card_challenge));
+        self.audited(act, self.scp02_session_now(&req, names), no_mentions)
+            .await
+    }
+
+    /// Open an SCP03 session: verify the card cryptogram, then return the
+    /// session keys and the static DEK wrapped under the transport KEK, and
+    /// the host cryptogram. A card cryptogram that does not verify is
+    /// refused, and nothing is returned.
+    pub async fn scp03_session(
+        &self,
+        actor: &Actor,
+        req: Scp03Request,
+    ) -> Result<Scp03Session, ServiceError> {
+        let names = key_set_names(
+            &req.key_set,
+            req.diversification != Scp03Diversification::None,
+        );
+        let method = match req.diversification {
+            Scp03Diversification::None => "none",
+            Scp03Diversification::Kdf3 => "kdf3",
+        };
+        let act = session_act(
+            actor,
+            "session.scp03",
+            &req.tenant,
+            &names,
+            &req.transport_kek,
+            method,
+            req.kdd.as_ref(),
+        )
+        .detail("key_set", req.key_set.as_str())
+        .detail("host_challenge", hex::encode_upper(req.host_challenge))
+        .detail("card_challenge", hex::encode_upper(req.card_challenge));
+        self.audited(act, self.scp03_session_now(&req, names), no_mentions)
+            .await
+    }
+}
