@@ -484,3 +484,60 @@ async fn inv4_no_audit_record_no_act() {
         .await
         .is_err());
 }
+
+/// A record cannot shed its MAC by claiming the security officer's role:
+/// records without a MAC pass only when a MACed countersignature lists them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tsm_ac2_blanked_mac_is_named_even_for_an_officer_record() {
+    let kms = TestKms::new().await;
+    let log = kms.svc().audit().clone();
+    fill(&log, 5).await;
+    let rec = log
+        .record(AuditEvent {
+            role: "security-officer".into(),
+            ..event(77)
+        })
+        .await
+        .unwrap();
+    fill(&log, 3).await;
+    sql(
+        &kms.db_url,
+        &[&format!(
+            "UPDATE audit_records SET body = replace(body, '\"mac\":\"{}\"', '\"mac\":\"\"') WHERE seq = {}",
+            rec.mac, rec.seq
+        )],
+    )
+    .await;
+    assert_named(
+        &log.verify_database().await.unwrap(),
+        DamageKind::BadMac,
+        rec.seq,
+    );
+}
+
+/// Deleting the oldest records up to a checkpoint is not an archive: without
+/// the trail's own `audit.archive` record the missing prefix is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn tsm_ac2_deleted_prefix_is_not_an_archive() {
+    let kms = TestKms::new().await;
+    let log = kms.svc().audit().clone();
+    fill(&log, 20).await;
+    let cp = log.checkpoint_head().await.unwrap().unwrap();
+    fill(&log, 5).await;
+    sql(
+        &kms.db_url,
+        &[&format!(
+            "DELETE FROM audit_records WHERE seq <= {}",
+            cp.seq
+        )],
+    )
+    .await;
+    let r = log.verify_database().await.unwrap();
+    assert!(
+        r.damage
+            .iter()
+            .any(|d| d.kind == DamageKind::Deleted && d.seq == 1),
+        "{:?}",
+        r.damage
+    );
+}

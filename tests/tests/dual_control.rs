@@ -201,4 +201,8 @@ async fn inv3_trusted_kek_needs_approval_and_the_security_officer() {
         .attributes(rec.current().unwrap().object_id)
         .unwrap();
     assert!(attrs[0].trusted && attrs[0].sensitive && !attrs[0].extractable);
+    // The SO's records carry no MAC; reopening under the user's login
+    // countersigned them, so the whole trail verifies.
+    let report = kms.svc().audit().verify_database().await.unwrap();
+    assert!(report.ok(), "{:?}", report.damage);
 }

@@ -14,6 +14,8 @@ pub const SYSTEM_TENANT: &str = "kms";
 const MAC_KEY: &str = "audit-mac";
 const SIGNING_KEY: &str = "audit-signing";
 
+const COUNTERSIGN: &str = "audit.countersign";
+
 /// A checkpoint every this many records (and at every shutdown:
 /// `KeyService::close`).
 pub const CHECKPOINT_EVERY: u64 = 100;
@@ -292,6 +294,10 @@ impl AuditLog {
     }
 
     /// Verify the MAC of each record in the HSM (online verification).
+    /// A record without a MAC (written under the SO's login, or a failed
+    /// login) passes only if a later `audit.countersign` record, whose own
+    /// MAC verifies, lists its seq and hash: a role field can be rewritten,
+    /// a countersignature cannot.
     pub async fn check_macs(
         &self,
         records: Vec<AuditRecord>,
@@ -300,23 +306,71 @@ impl AuditLog {
             .keys
             .ok_or_else(|| AuditError::Keys("no audit key under this login".into()))?;
         self.on_hsm(move |hsm| {
-            records
-                .iter()
-                .map(|r| {
-                    if r.mac.is_empty() {
-                        // Only acts under the SO's login (which cannot use
-                        // the audit key) and failed logins carry no MAC.
-                        let allowed =
-                            r.event.role == "security-officer" || r.event.action == "hsm.login";
-                        return Ok((r.seq, allowed));
+            let mut verdicts = Vec::with_capacity(records.len());
+            let mut countersigned = std::collections::HashSet::new();
+            for r in &records {
+                if r.mac.is_empty() {
+                    continue;
+                }
+                let mac = hex::decode(&r.mac).unwrap_or_default();
+                let ok = hsm.verify_mac(&keys.mac, MacAlg::HmacSha256, r.hash.as_bytes(), &mac)?;
+                if ok && r.event.action == COUNTERSIGN {
+                    if let Some(list) = r.event.details.get("record_hashes") {
+                        countersigned.extend(list.split(',').map(str::to_owned));
                     }
-                    let mac = hex::decode(&r.mac).unwrap_or_default();
-                    hsm.verify_mac(&keys.mac, MacAlg::HmacSha256, r.hash.as_bytes(), &mac)
-                        .map(|ok| (r.seq, ok))
-                })
-                .collect()
+                }
+                verdicts.push((r.seq, ok));
+            }
+            for r in records.iter().filter(|r| r.mac.is_empty()) {
+                verdicts.push((
+                    r.seq,
+                    countersigned.contains(&format!("{}:{}", r.seq, r.hash)),
+                ));
+            }
+            verdicts.sort_by_key(|v| v.0);
+            Ok(verdicts)
         })
         .await
+    }
+
+    /// Countersign, with this login's MAC key, every record that has no MAC
+    /// and no countersignature yet (SO acts, failed logins): one
+    /// `audit.countersign` record listing their seq:hash.
+    pub async fn countersign(&self) -> Result<Option<AuditRecord>, AuditError> {
+        if self.keys.is_none() {
+            return Ok(None);
+        }
+        let done: std::collections::HashSet<String> = self
+            .store
+            .audit_search(&crate::store::AuditFilter {
+                action: Some(COUNTERSIGN.into()),
+                ..Default::default()
+            })
+            .await?
+            .iter()
+            .filter_map(|r| r.event.details.get("record_hashes").cloned())
+            .flat_map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        let pending: Vec<String> = self
+            .store
+            .audit_unmaced()
+            .await?
+            .into_iter()
+            .map(|(seq, hash)| format!("{seq}:{hash}"))
+            .filter(|k| !done.contains(k))
+            .collect();
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let event = AuditEvent {
+            actor: "kms".into(),
+            role: "system".into(),
+            action: COUNTERSIGN.into(),
+            outcome: Some(super::Outcome::Success),
+            details: [("record_hashes".to_owned(), pending.join(","))].into(),
+            ..Default::default()
+        };
+        Ok(Some(self.record(event).await?))
     }
 
     pub fn store(&self) -> &Store {
@@ -366,7 +420,7 @@ impl AuditLog {
                 report.damage.push(super::Damage {
                     kind: super::DamageKind::BadMac,
                     seq,
-                    detail: "the HSM MAC does not verify".into(),
+                    detail: "the HSM MAC does not verify (or, for a record without one, no countersignature)".into(),
                 });
             }
         }

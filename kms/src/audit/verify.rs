@@ -278,11 +278,22 @@ fn infer_start(
     if first.seq <= 1 {
         return ChainStart::default();
     }
-    let vouched = checkpoints.iter().any(|c| {
-        c.seq + 1 == first.seq
-            && c.hash == first.prev
-            && key.is_some_and(|k| verify_checkpoint(c, k))
-    });
+    // Both a signed checkpoint at the cut and the trail's own record of the
+    // archiving: a checkpoint alone exists at many places, and deleting
+    // the records up to one of them must not pass for an archive.
+    let through = (first.seq - 1).to_string();
+    let archived = stored
+        .iter()
+        .filter_map(|s| s.record.as_ref().ok())
+        .any(|r| {
+            r.event.action == "audit.archive" && r.event.details.get("through") == Some(&through)
+        });
+    let vouched = archived
+        && checkpoints.iter().any(|c| {
+            c.seq + 1 == first.seq
+                && c.hash == first.prev
+                && key.is_some_and(|k| verify_checkpoint(c, k))
+        });
     if !vouched {
         found.push(damage(
             DamageKind::Deleted,

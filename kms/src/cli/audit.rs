@@ -448,13 +448,29 @@ async fn archive(cli: &Cli, through: u64, dir: &std::path::Path) -> Result<()> {
             segment.len() as u64,
         )
         .await?;
-    record_read(
-        &svc,
-        cli,
-        "audit.archive",
-        &format!("records {first}..{through} to {}", base.display()),
-    )
-    .await?;
+    // The trail itself says where it was cut: verification accepts a
+    // chain that starts after record 1 only with this record and a signed
+    // checkpoint at the cut.
+    svc.audit()
+        .record(kms::audit::AuditEvent {
+            actor: cli
+                .actor
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into()),
+            role: svc.role_name().into(),
+            action: "audit.archive".into(),
+            outcome: Some(Outcome::Success),
+            source: Some("cli".into()),
+            details: [
+                ("first".to_owned(), first.to_string()),
+                ("through".to_owned(), through.to_string()),
+                ("location".to_owned(), base.display().to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await?;
     print(cli.json, &manifest, || {
         format!(
             "archived records {first}..{through} ({} records) to {}.jsonl; the database chain now starts at {}",

@@ -270,4 +270,17 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Records without an HSM MAC: (seq, hash).
+    pub async fn audit_unmaced(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, hash FROM audit_records WHERE mac = '' ORDER BY seq")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: i64 = r.try_get("seq")?;
+                Ok((u64::try_from(s).unwrap_or(0), r.try_get("hash")?))
+            })
+            .collect()
+    }
 }
