@@ -120,8 +120,18 @@ impl TestKms {
     {
         drop(self.svc.take());
         let so = Self::service(&self.token, &self.db_url, Role::SecurityOfficer).await;
+        let so_log = so.audit().clone();
         let out = f(so).await;
-        self.svc = Some(Self::service(&self.token, &self.db_url, Role::User).await);
+        // As the CLI does: the SO login's records carry no MAC; the user
+        // login that follows countersigns exactly those.
+        let unmaced = so_log.take_unmaced();
+        drop(so_log);
+        let user = Self::service(&self.token, &self.db_url, Role::User).await;
+        user.audit()
+            .countersign(unmaced)
+            .await
+            .expect("countersign");
+        self.svc = Some(user);
         out
     }
 

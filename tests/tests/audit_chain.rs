@@ -513,6 +513,21 @@ async fn tsm_ac2_blanked_mac_is_named_even_for_an_officer_record() {
         DamageKind::BadMac,
         rec.seq,
     );
+    // A later login (here: a new service on the same database) does not
+    // countersign what a database writer blanked.
+    let again = kms::service::KeyService::open(
+        kms.svc().hsm().clone(),
+        kms.svc().store().clone(),
+        kms::policy::KeyPolicy::builtin(),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_named(
+        &again.audit().verify_database().await.unwrap(),
+        DamageKind::BadMac,
+        rec.seq,
+    );
 }
 
 /// Deleting the oldest records up to a checkpoint is not an archive: without

@@ -49,6 +49,11 @@ pub struct AuditLog {
     /// user's private audit keys: such records carry no MAC and trigger no
     /// checkpoint; the chain and the next checkpoint cover them.
     keys: Option<AuditKeys>,
+    /// seq:hash of the records this log wrote without a MAC (under the SO's
+    /// login), for the user login that follows in the same process to
+    /// countersign. Never read back from the database: a record whose MAC
+    /// a database writer blanked must not get a countersignature.
+    unmaced: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// This node's name in records: $KMS_NODE, else the host name.
@@ -115,6 +120,7 @@ impl AuditLog {
             hsm,
             node,
             keys: None,
+            unmaced: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
         if log.hsm.role() == Role::User {
             let mac = log
@@ -215,6 +221,11 @@ impl AuditLog {
     pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
         let mac_key = self.keys.map(|k| (self.hsm.clone(), k.mac));
         let rec = append(&self.store, self.node.clone(), event, mac_key).await?;
+        if rec.mac.is_empty() {
+            if let Ok(mut u) = self.unmaced.lock() {
+                u.push(format!("{}:{}", rec.seq, rec.hash));
+            }
+        }
         if rec.seq % CHECKPOINT_EVERY == 0 {
             // A failed checkpoint does not undo the record; the next one covers it.
             if let Err(e) = self.checkpoint(rec.seq, &rec.hash).await {
@@ -333,33 +344,22 @@ impl AuditLog {
         .await
     }
 
-    /// Countersign, with this login's MAC key, every record that has no MAC
-    /// and no countersignature yet (SO acts, failed logins): one
+    /// The records this log wrote without a MAC, taken (once).
+    pub fn take_unmaced(&self) -> Vec<String> {
+        self.unmaced
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default()
+    }
+
+    /// Countersign, under this login's MAC key, the records another log of
+    /// this same process wrote without a MAC (`take_unmaced`): one
     /// `audit.countersign` record listing their seq:hash.
-    pub async fn countersign(&self) -> Result<Option<AuditRecord>, AuditError> {
-        if self.keys.is_none() {
-            return Ok(None);
-        }
-        let done: std::collections::HashSet<String> = self
-            .store
-            .audit_search(&crate::store::AuditFilter {
-                action: Some(COUNTERSIGN.into()),
-                ..Default::default()
-            })
-            .await?
-            .iter()
-            .filter_map(|r| r.event.details.get("record_hashes").cloned())
-            .flat_map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>())
-            .collect();
-        let pending: Vec<String> = self
-            .store
-            .audit_unmaced()
-            .await?
-            .into_iter()
-            .map(|(seq, hash)| format!("{seq}:{hash}"))
-            .filter(|k| !done.contains(k))
-            .collect();
-        if pending.is_empty() {
+    pub async fn countersign(
+        &self,
+        records: Vec<String>,
+    ) -> Result<Option<AuditRecord>, AuditError> {
+        if self.keys.is_none() || records.is_empty() {
             return Ok(None);
         }
         let event = AuditEvent {
@@ -367,7 +367,7 @@ impl AuditLog {
             role: "system".into(),
             action: COUNTERSIGN.into(),
             outcome: Some(super::Outcome::Success),
-            details: [("record_hashes".to_owned(), pending.join(","))].into(),
+            details: [("record_hashes".to_owned(), records.join(","))].into(),
             ..Default::default()
         };
         Ok(Some(self.record(event).await?))

@@ -556,9 +556,13 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 // Records made under the SO's login carry no MAC: close that
                 // login and sign the head at once under the user's, so they
                 // are covered by a checkpoint before anyone else writes.
+                let so_log = svc.audit().clone();
                 drop(svc);
                 close_all().await?;
-                service(cli, Role::User).await?;
+                let unmaced = so_log.take_unmaced();
+                drop(so_log);
+                let user = service(cli, Role::User).await?;
+                user.audit().countersign(unmaced).await?;
             }
             print(cli.json, &out, || match &out {
                 Executed::Exported(e) => format!(

@@ -106,9 +106,7 @@ impl KeyService {
             })
             .await
             .map_err(ServiceError::Audit)?;
-        // Records written without a MAC since the last user login (acts
-        // under the SO's login, failed logins) are countersigned now.
-        svc.audit.countersign().await.map_err(ServiceError::Audit)?;
+
         Ok(svc)
     }
 
