@@ -402,10 +402,12 @@ fn tsm_ac1_wrong_pin_and_missing_module_are_failures() {
     let found = cli
         .ok(&["--json", "audit", "search", "--action", "hsm.login"])
         .stdout;
-    assert!(
+        assert!(
         found.contains("\"outcome\":\"failure\"") && found.contains("PIN"),
         "{found}"
     );
+    // A failed login's record has no MAC (no token), and the trail verifies.
+    cli.ok(&["audit", "verify"]);
     let text = std::fs::read_to_string(&cli.config)
         .unwrap()
         .replace(&module_path(), "/nonexistent/module.so");

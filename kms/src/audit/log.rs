@@ -333,10 +333,12 @@ impl AuditLog {
                 verdicts.push((r.seq, ok));
             }
             for r in records.iter().filter(|r| r.mac.is_empty()) {
-                verdicts.push((
-                    r.seq,
-                    countersigned.contains(&format!("{}:{}", r.seq, r.hash)),
-                ));
+                // A failed login is recorded without the token, and its
+                // process ends there: nobody can countersign it.
+                let failed_login = r.event.action == "hsm.login"
+                    && r.event.outcome == Some(super::Outcome::Failure);
+                let ok = failed_login || countersigned.contains(&format!("{}:{}", r.seq, r.hash));
+                verdicts.push((r.seq, ok));
             }
             verdicts.sort_by_key(|v| v.0);
             Ok(verdicts)

@@ -551,11 +551,11 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 } => read_components(*components, algorithm.parse()?, *stdin)?,
                 _ => Vec::new(),
             };
-            let out = svc.execute_with(&who, id, comps).await?;
+            let executed = svc.execute_with(&who, id, comps).await;
             if op.needs_security_officer() {
                 // Records made under the SO's login carry no MAC: close that
-                // login and sign the head at once under the user's, so they
-                // are covered by a checkpoint before anyone else writes.
+                // login and countersign them at once under the user's (also
+                // when the execution failed: its records are in the trail).
                 let so_log = svc.audit().clone();
                 drop(svc);
                 close_all().await?;
@@ -564,6 +564,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 let user = service(cli, Role::User).await?;
                 user.audit().countersign(unmaced).await?;
             }
+            let out = executed?;
             print(cli.json, &out, || match &out {
                 Executed::Exported(e) => format!(
                     "{}/{} v{} (kcv {}) wrapped under {} v{} with {:?}:\n{}",
