@@ -402,7 +402,7 @@ fn tsm_ac1_wrong_pin_and_missing_module_are_failures() {
     let found = cli
         .ok(&["--json", "audit", "search", "--action", "hsm.login"])
         .stdout;
-        assert!(
+    assert!(
         found.contains("\"outcome\":\"failure\"") && found.contains("PIN"),
         "{found}"
     );
