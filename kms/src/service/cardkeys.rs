@@ -55,7 +55,9 @@ fn session_spec(alg: Algorithm, usage: KeyUsage) -> KeySpec {
 }
 
 impl KeyService {
-    async fn transport_kek(
+    /// The tenant's active transport KEK and its wrapping algorithm (card
+    /// keys and secure-channel sessions both leave the token under it).
+    pub(crate) async fn transport_kek(
         &self,
         tenant: &Tenant,
         kek: &KeyName,

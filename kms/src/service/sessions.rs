@@ -15,7 +15,6 @@ use super::{Actor, KeyService, ServiceError, WrappedKey};
 use crate::derivation::{
     Handshake, Kdd, KmcDiversification, Scp02Handshake, Scp03Handshake, StaticKeySource, WrappedOut,
 };
-use crate::hsm::{KeyRef, WrapAlg};
 use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, Tenant};
 
 /// How an SCP02 key set's static keys are found.
@@ -188,22 +187,6 @@ fn session_act(
 }
 
 impl KeyService {
-    /// The tenant's transport KEK and how to wrap under it.
-    async fn session_transport_kek(
-        &self,
-        tenant: &Tenant,
-        kek: &KeyName,
-    ) -> Result<(KeyRef, WrapAlg), ServiceError> {
-        let (rec, _, r) = self.usable_for_protect(tenant, kek).await?;
-        if rec.usage != KeyUsage::TransportKek {
-            return Err(ServiceError::Invalid(format!(
-                "{tenant}/{kek} is a {} key, not a transport-kek",
-                rec.usage
-            )));
-        }
-        Ok((r, WrapAlg::default_for(rec.algorithm)))
-    }
-
     /// Look up the static keys (or KMC) of a request, checking usage,
     /// algorithm and, for SCP03's DEK, that it may leave the token.
     async fn static_key_source(
@@ -280,9 +263,7 @@ impl KeyService {
         let source = self
             .static_key_source(&req.tenant, names?, method, Scp::Scp02)
             .await?;
-        let (kek, alg) = self
-            .session_transport_kek(&req.tenant, &req.transport_kek)
-            .await?;
+        let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
         let hs = Scp02Handshake {
             sequence_counter: req.sequence_counter,
             host_challenge: req.host_challenge,
@@ -316,9 +297,7 @@ impl KeyService {
         let source = self
             .static_key_source(&req.tenant, names?, method, Scp::Scp03)
             .await?;
-        let (kek, alg) = self
-            .session_transport_kek(&req.tenant, &req.transport_kek)
-            .await?;
+        let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
         let hs = Scp03Handshake {
             host_challenge: req.host_challenge,
             card_challenge: req.card_challenge,
