@@ -6,4 +6,10 @@
 //! The server builds its OpenAPI document from these same types (feature
 //! `openapi`), so the client and the document cannot drift apart.
 
+pub mod client;
 pub mod wire;
+
+pub use client::{
+    AutoHeader, ClientConfig, ClientError, ProvisioningClient, RawReply, RawRequest,
+    ResponseVerifier, SignatureCheck,
+};

@@ -153,6 +153,9 @@ pub struct Scp02SessionResponse {
     pub dek: WrappedKey,
     /// 8 bytes, 16 hex, for EXTERNAL AUTHENTICATE.
     pub host_cryptogram: String,
+    /// True when this card challenge was seen before for this card (see
+    /// [`Scp03SessionResponse::card_challenge_reused`]).
+    pub card_challenge_reused: bool,
     pub wrapping: Wrapping,
 }
 

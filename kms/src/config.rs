@@ -101,6 +101,11 @@ struct ServerSection {
     client_ca: Option<String>,
     crl: Option<String>,
     principals: Option<String>,
+    provisioning_policy: Option<String>,
+    rate_per_principal: Option<u32>,
+    burst_per_principal: Option<u32>,
+    max_in_flight: Option<u32>,
+    replay_window_seconds: Option<u32>,
 }
 
 /// Loopback by default: exposing the KMS to a network is a decision made in
@@ -127,6 +132,39 @@ pub struct ServerSettings {
     pub crl: Option<PathBuf>,
     /// The principals policy: which client certificate is whom, in which role.
     pub principals: PathBuf,
+    /// The Cedar policy of the provisioning API (`provisioning.cedar`, with
+    /// `provisioning.cedarschema` beside it).
+    pub provisioning_policy: PathBuf,
+    pub limits: ProvisioningLimits,
+}
+
+/// The provisioning listener's limits: under overload it answers 429/503 at
+/// once instead of queueing without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProvisioningLimits {
+    /// Sustained requests per second per principal (token bucket).
+    pub rate_per_principal: u32,
+    /// Requests a principal may send at once above the rate.
+    pub burst_per_principal: u32,
+    /// Requests being served at once on this node; more get 503 at once.
+    pub max_in_flight: u32,
+    /// How far a request's timestamp may be from the server's clock, and
+    /// how long its request id is remembered (REPLAY-1).
+    pub replay_window_seconds: u32,
+}
+
+impl Default for ProvisioningLimits {
+    fn default() -> Self {
+        // Per principal, well above one OTA server's peak on one node (the
+        // token does a few thousand derivations a second); in flight, about
+        // the HSM session pool times the pipeline depth.
+        ProvisioningLimits {
+            rate_per_principal: 2000,
+            burst_per_principal: 4000,
+            max_in_flight: 256,
+            replay_window_seconds: 300,
+        }
+    }
 }
 
 fn listen_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -322,6 +360,28 @@ impl Config {
                 .principals
                 .map(|p| resolve(base, &p))
                 .unwrap_or_else(|| policy_dir.join("principals.toml")),
+            provisioning_policy: srv
+                .provisioning_policy
+                .map(|p| resolve(base, &p))
+                .unwrap_or_else(|| policy_dir.join("provisioning.cedar")),
+            limits: {
+                let d = ProvisioningLimits::default();
+                ProvisioningLimits {
+                    rate_per_principal: srv
+                        .rate_per_principal
+                        .unwrap_or(d.rate_per_principal)
+                        .max(1),
+                    burst_per_principal: srv
+                        .burst_per_principal
+                        .unwrap_or(d.burst_per_principal)
+                        .max(1),
+                    max_in_flight: srv.max_in_flight.unwrap_or(d.max_in_flight).max(1),
+                    replay_window_seconds: srv
+                        .replay_window_seconds
+                        .unwrap_or(d.replay_window_seconds)
+                        .clamp(1, 3600),
+                }
+            },
         };
         Ok(Config {
             module,

@@ -8,6 +8,7 @@
 //! entry and check values).
 
 pub mod audit;
+pub mod authz;
 pub mod config;
 pub mod crypto;
 pub mod derivation;

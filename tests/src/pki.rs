@@ -237,6 +237,9 @@ impl TestPki {
             client_ca: d.join("ca.crt"),
             crl: Some(d.join("ca.crl")),
             principals: d.join("principals.toml"),
+            provisioning_policy: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../policies/provisioning.cedar"),
+            limits: kms::config::ProvisioningLimits::default(),
         }
     }
 }

@@ -10,7 +10,10 @@
 #![allow(clippy::unwrap_used)]
 
 use kms::model::{Algorithm, KeyName, KeyState, KeyUsage, ObjectId, Tenant};
-use kms::store::{KeyId, KeyRecord, NewKey, NewVersion, Presence, Store, StoreError, SYSTEM_ACTOR};
+use kms::store::{
+    BindOutcome, KeyId, KeyRecord, NewKey, NewVersion, Presence, SdBinding, Store, StoreError,
+    SYSTEM_ACTOR,
+};
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -703,4 +706,354 @@ pub async fn fill_every_method(store: &Store) {
             "no version is {p}"
         );
     }
+}
+
+fn binding(se: &str, sd: &str, pan_hmac: &str, psn: u8, by: &str) -> SdBinding {
+    SdBinding {
+        tenant: "issuer-a".to_owned(),
+        se_id: se.to_owned(),
+        sd_aid: sd.to_owned(),
+        pan_hmac: pan_hmac.to_owned(),
+        pan_masked: "411111******1111".to_owned(),
+        psn,
+        bound_at: "2026-03-01T10:00:00Z".to_owned(),
+        bound_by: by.to_owned(),
+    }
+}
+
+/// Runs `n` copies of `f` at once and counts how many returned true.
+async fn race<F, Fut>(n: usize, f: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(f(i))).collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            wins += 1;
+        }
+    }
+    wins
+}
+
+/// The provisioning API's persistent state: replay cache, SCP02 counters,
+/// card challenges (REPLAY-1) and SD bindings (TSM-DATA-1). Every
+/// check-and-set has exactly one winner under concurrency.
+pub async fn provisioning(store: &Store) {
+    // Request ids: once per principal.
+    assert!(store.remember_request("alice", "r1", 1000).await.unwrap());
+    assert!(!store.remember_request("alice", "r1", 1001).await.unwrap());
+    assert!(store.remember_request("bob", "r1", 1000).await.unwrap());
+    assert!(store.remember_request("alice", "r2", 2000).await.unwrap());
+    assert!(store.remember_request("alice", "r3", 3000).await.unwrap());
+    assert_eq!(store.forget_requests_before(1000).await.unwrap(), 0);
+    assert_eq!(store.forget_requests_before(2001).await.unwrap(), 3);
+    assert_eq!(store.forget_requests_before(2001).await.unwrap(), 0);
+    assert!(
+        store.remember_request("alice", "r1", 4000).await.unwrap(),
+        "a forgotten id is new again"
+    );
+    assert!(!store.remember_request("alice", "r3", 4000).await.unwrap());
+    let e = store.remember_request("", "r9", 1).await.unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+
+    // SCP02 counters: strictly increasing per card.
+    assert_eq!(store.scp02_counter("t", "card-1").await.unwrap(), None);
+    assert!(store.advance_scp02_counter("t", "card-1", 0).await.unwrap());
+    assert_eq!(store.scp02_counter("t", "card-1").await.unwrap(), Some(0));
+    assert!(!store.advance_scp02_counter("t", "card-1", 0).await.unwrap());
+    assert!(store.advance_scp02_counter("t", "card-1", 7).await.unwrap());
+    assert!(!store.advance_scp02_counter("t", "card-1", 7).await.unwrap());
+    assert!(!store.advance_scp02_counter("t", "card-1", 6).await.unwrap());
+    assert_eq!(store.scp02_counter("t", "card-1").await.unwrap(), Some(7));
+    assert!(store
+        .advance_scp02_counter("t", "card-1", u16::MAX)
+        .await
+        .unwrap());
+    assert!(!store
+        .advance_scp02_counter("t", "card-1", u16::MAX)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.scp02_counter("t", "card-1").await.unwrap(),
+        Some(u16::MAX)
+    );
+    // Cards and tenants are independent.
+    assert!(store.advance_scp02_counter("t", "card-2", 3).await.unwrap());
+    assert!(store.advance_scp02_counter("u", "card-1", 3).await.unwrap());
+    assert_eq!(store.scp02_counter("u", "card-2").await.unwrap(), None);
+
+    // Card challenges: once per card.
+    assert!(store
+        .note_card_challenge("t", "card-1", "0011")
+        .await
+        .unwrap());
+    assert!(!store
+        .note_card_challenge("t", "card-1", "0011")
+        .await
+        .unwrap());
+    assert!(store
+        .note_card_challenge("t", "card-2", "0011")
+        .await
+        .unwrap());
+    assert!(store
+        .note_card_challenge("u", "card-1", "0011")
+        .await
+        .unwrap());
+    assert!(store
+        .note_card_challenge("t", "card-1", "0012")
+        .await
+        .unwrap());
+
+    // SD bindings.
+    let hmac_a = "a".repeat(64);
+    let hmac_b = "b".repeat(64);
+    assert_eq!(
+        store.sd_binding("issuer-a", "se-1", "A000").await.unwrap(),
+        None
+    );
+    let b1 = binding("se-1", "A000", &hmac_a, 1, "alice");
+    assert_eq!(store.bind_sd(&b1).await.unwrap(), BindOutcome::New);
+    assert_eq!(
+        store.sd_binding("issuer-a", "se-1", "A000").await.unwrap(),
+        Some(b1.clone())
+    );
+    // The same card again, whoever asks: nothing changes.
+    let again = binding("se-1", "A000", &hmac_a, 1, "bob");
+    assert_eq!(store.bind_sd(&again).await.unwrap(), BindOutcome::Existing);
+    // Another card, or another PSN of the same PAN: refused, shown.
+    for other in [
+        binding("se-1", "A000", &hmac_b, 1, "bob"),
+        binding("se-1", "A000", &hmac_a, 2, "bob"),
+    ] {
+        assert_eq!(
+            store.bind_sd(&other).await.unwrap(),
+            BindOutcome::Other(b1.clone())
+        );
+    }
+    assert_eq!(
+        store.sd_binding("issuer-a", "se-1", "A000").await.unwrap(),
+        Some(b1.clone())
+    );
+    // Timestamps are stored in UTC.
+    let mut b2 = binding("se-0", "A001", &hmac_b, 0, "carol");
+    b2.bound_at = "2026-03-01T12:30:00+02:00".to_owned();
+    assert_eq!(store.bind_sd(&b2).await.unwrap(), BindOutcome::New);
+    let b2_read = store
+        .sd_binding("issuer-a", "se-0", "A001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b2_read.bound_at, "2026-03-01T10:30:00Z");
+    let b3 = binding("se-1", "A0000001", &hmac_b, 255, "carol");
+    assert_eq!(store.bind_sd(&b3).await.unwrap(), BindOutcome::New);
+    let mut elsewhere = b1.clone();
+    elsewhere.tenant = "issuer-b".to_owned();
+    assert_eq!(store.bind_sd(&elsewhere).await.unwrap(), BindOutcome::New);
+    assert_eq!(
+        store.sd_bindings("issuer-a").await.unwrap(),
+        [b2_read.clone(), b1.clone(), b3.clone()]
+    );
+    assert_eq!(
+        store.sd_bindings("issuer-b").await.unwrap(),
+        [elsewhere.clone()]
+    );
+    assert!(store.sd_bindings("nobody").await.unwrap().is_empty());
+    let json = serde_json::to_value(&b3).unwrap();
+    assert_eq!(json["psn"], 255);
+    assert_eq!(json["pan_masked"], "411111******1111");
+
+    // Refused before anything is written: full PANs, bad timestamps, blanks.
+    for (what, bad) in [
+        ("pan_masked", {
+            let mut b = binding("se-9", "A000", &hmac_a, 1, "x");
+            b.pan_masked = "4111 1111 1111 1111".to_owned();
+            b
+        }),
+        (
+            "pan_hmac",
+            binding("se-9", "A000", "4111111111111111", 1, "x"),
+        ),
+        ("bound_at", {
+            let mut b = binding("se-9", "A000", &hmac_a, 1, "x");
+            b.bound_at = "yesterday".to_owned();
+            b
+        }),
+        ("bound_by", binding("se-9", "A000", &hmac_a, 1, "")),
+    ] {
+        let e = store.bind_sd(&bad).await.unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Invalid { what: w, .. } if *w == what),
+            "{what}: {e}"
+        );
+        assert!(!e.to_string().contains("4111 1111"), "{e}");
+        assert!(!e.to_string().contains("4111111111111111"), "{e}");
+    }
+    assert_eq!(store.sd_bindings("issuer-a").await.unwrap().len(), 3);
+
+    // Release: returns what was bound, once; the SD can then be rebound.
+    assert_eq!(
+        store.release_sd("issuer-a", "se-1", "A000").await.unwrap(),
+        Some(b1.clone())
+    );
+    assert_eq!(
+        store.release_sd("issuer-a", "se-1", "A000").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.sd_binding("issuer-a", "se-1", "A000").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.sd_binding("issuer-b", "se-1", "A000").await.unwrap(),
+        Some(elsewhere)
+    );
+    let rebound = binding("se-1", "A000", &hmac_b, 4, "dave");
+    assert_eq!(store.bind_sd(&rebound).await.unwrap(), BindOutcome::New);
+    assert_eq!(
+        store.sd_bindings("issuer-a").await.unwrap(),
+        [b2_read, rebound, b3]
+    );
+
+    // Races: exactly one winner each.
+    let wins = race(20, |_| {
+        let store = store.clone();
+        async move { store.advance_scp02_counter("race", "card", 42).await }
+    })
+    .await;
+    assert_eq!(wins, 1, "one of 20 equal counters is accepted");
+    assert_eq!(store.scp02_counter("race", "card").await.unwrap(), Some(42));
+
+    // Increasing counters racing: the highest always ends up recorded.
+    let wins = race(20, |i| {
+        let store = store.clone();
+        async move {
+            store
+                .advance_scp02_counter("race", "card", 100 + u16::try_from(i).unwrap())
+                .await
+        }
+    })
+    .await;
+    assert!((1..=20).contains(&wins), "{wins}");
+    assert_eq!(
+        store.scp02_counter("race", "card").await.unwrap(),
+        Some(119)
+    );
+
+    let wins = race(20, |_| {
+        let store = store.clone();
+        async move { store.remember_request("mallory", "dup", 5000).await }
+    })
+    .await;
+    assert_eq!(wins, 1, "one of 20 equal request ids is accepted");
+
+    let wins = race(20, |_| {
+        let store = store.clone();
+        async move { store.note_card_challenge("race", "card", "CAFE").await }
+    })
+    .await;
+    assert_eq!(wins, 1, "one of 20 equal challenges is accepted");
+
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let pan = if i % 2 == 0 { "c" } else { "d" }.repeat(64);
+            tokio::spawn(async move {
+                let b = binding("se-race", "A000", &pan, 1, &format!("node-{i}"));
+                (b.clone(), store.bind_sd(&b).await.unwrap())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    let winners: Vec<&SdBinding> = outcomes
+        .iter()
+        .filter(|(_, o)| *o == BindOutcome::New)
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:#?}");
+    let winner = winners[0];
+    for (b, o) in &outcomes {
+        match o {
+            BindOutcome::New => assert_eq!(b, winner),
+            BindOutcome::Existing => assert_eq!(b.pan_hmac, winner.pan_hmac),
+            BindOutcome::Other(shown) => {
+                assert_ne!(b.pan_hmac, winner.pan_hmac);
+                assert_eq!(shown, winner);
+            }
+        }
+    }
+    assert_eq!(
+        store
+            .sd_binding("issuer-a", "se-race", "A000")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(winner)
+    );
+
+    // Racing releases: one gets the binding.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .release_sd("issuer-a", "se-race", "A000")
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut released = Vec::new();
+    for t in tasks {
+        released.extend(t.await.unwrap());
+    }
+    assert_eq!(released, [winner.clone()]);
+
+    // Binds racing releases of the same SD never fail: a bind that collides
+    // with a binding released before it can be read tries again.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let b = binding("se-churn", "A000", &"9a".repeat(32), 1, "churn");
+                    store.bind_sd(&b).await.map(|_| ())
+                } else {
+                    store
+                        .release_sd("issuer-a", "se-churn", "A000")
+                        .await
+                        .map(|_| ())
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
+
+/// The provisioning state is shared: what one node (or the same node before
+/// a restart) recorded, another sees and cannot repeat.
+pub async fn provisioning_shared(a: &Store, b: &Store) {
+    assert!(a.remember_request("p", "shared-id", 10).await.unwrap());
+    assert!(!b.remember_request("p", "shared-id", 11).await.unwrap());
+    assert!(a.advance_scp02_counter("t", "c", 9).await.unwrap());
+    assert_eq!(b.scp02_counter("t", "c").await.unwrap(), Some(9));
+    assert!(!b.advance_scp02_counter("t", "c", 9).await.unwrap());
+    assert!(b.advance_scp02_counter("t", "c", 10).await.unwrap());
+    assert!(!a.advance_scp02_counter("t", "c", 10).await.unwrap());
+    assert!(a.note_card_challenge("t", "c", "AB").await.unwrap());
+    assert!(!b.note_card_challenge("t", "c", "AB").await.unwrap());
+    let x = binding("se-s", "A1", &"e".repeat(64), 0, "node-a");
+    assert_eq!(a.bind_sd(&x).await.unwrap(), BindOutcome::New);
+    assert_eq!(
+        b.sd_binding("issuer-a", "se-s", "A1").await.unwrap(),
+        Some(x.clone())
+    );
+    let y = binding("se-s", "A1", &"f".repeat(64), 0, "node-b");
+    assert_eq!(b.bind_sd(&y).await.unwrap(), BindOutcome::Other(x.clone()));
 }

@@ -29,6 +29,21 @@ async fn pg_concurrency() {
     store_suite::concurrency(&fresh_store().await).await;
 }
 
+/// REPLAY-1, TSM-DATA-1: replay cache, SCP02 counters, card challenges and
+/// SD bindings, with concurrent writers; two nodes on one database share
+/// the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_replay_1_tsm_data_1_provisioning_state() {
+    let url = fresh_database_url();
+    let a = Store::connect(&url).await.unwrap();
+    store_suite::provisioning(&a).await;
+    let b = Store::connect(&url).await.unwrap();
+    assert!(!b.remember_request("mallory", "dup", 5001).await.unwrap());
+    assert_eq!(b.scp02_counter("race", "card").await.unwrap(), Some(119));
+    assert_eq!(b.sd_bindings("issuer-a").await.unwrap().len(), 3);
+    store_suite::provisioning_shared(&a, &b).await;
+}
+
 /// Several KMS nodes start together on one empty database: the migrations
 /// run once (sqlx serialises them with an advisory lock) and the nodes see
 /// each other's writes.

@@ -43,6 +43,26 @@ async fn sqlite_two_processes_share_one_file() {
     store_suite::two_nodes(&a, &b).await;
 }
 
+/// REPLAY-1, TSM-DATA-1: replay cache, SCP02 counters, card challenges and
+/// SD bindings, with concurrent writers; the state survives a restart and is
+/// shared by two stores on one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_replay_1_tsm_data_1_provisioning_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_at(dir.path()).await;
+    store_suite::provisioning(&store).await;
+    store.close().await;
+
+    let (a, _) = store_at(dir.path()).await;
+    assert!(!a.remember_request("mallory", "dup", 5001).await.unwrap());
+    assert_eq!(a.scp02_counter("race", "card").await.unwrap(), Some(119));
+    assert!(!a.advance_scp02_counter("race", "card", 119).await.unwrap());
+    assert!(!a.note_card_challenge("race", "card", "CAFE").await.unwrap());
+    assert_eq!(a.sd_bindings("issuer-a").await.unwrap().len(), 3);
+    let (b, _) = store_at(dir.path()).await;
+    store_suite::provisioning_shared(&a, &b).await;
+}
+
 #[tokio::test]
 async fn sqlite_memory() {
     let store = Store::connect("sqlite::memory:").await.unwrap();

@@ -140,7 +140,7 @@ impl AuditLog {
 
     /// Find or create one of the KMS's own keys (same write order as any
     /// key: pending row, token object, confirmed row).
-    async fn system_key(
+    pub(crate) async fn system_key(
         &self,
         name: &str,
         algorithm: Algorithm,

@@ -118,6 +118,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Audit(_) => "audit",
         Command::Serve => "serve",
         Command::DevPki { .. } => "dev-pki",
+        Command::Openapi => "openapi",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -164,6 +165,12 @@ async fn run_command(cli: &Cli) -> Result<()> {
         Command::Audit(a) => super::audit::run(cli, a).await,
         Command::Serve => super::serve::serve(cli).await,
         Command::DevPki { dir } => super::serve::dev_pki(cli, dir),
+        // A document, not an act: nothing is read from the token or the
+        // database, so there is nothing to record.
+        Command::Openapi => {
+            print!("{}", kms::server::provisioning::openapi::document());
+            Ok(())
+        }
     }
 }
 

@@ -60,6 +60,9 @@ pub enum Command {
         #[arg(long, default_value = "var/pki")]
         dir: PathBuf,
     },
+    /// Print the provisioning API's OpenAPI document (also served at
+    /// GET /v1/openapi.json and kept in docs/openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]

@@ -57,6 +57,17 @@ impl std::str::FromStr for WrapAlg {
 }
 
 impl WrapAlg {
+    /// The name used on the wire and in records (the `FromStr` spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrapAlg::AesKw => "aes-kw",
+            WrapAlg::AesKwp => "aes-kwp",
+            WrapAlg::TdesCbc => "tdes-cbc",
+            WrapAlg::RsaOaepSha256 => "rsa-oaep-sha256",
+            WrapAlg::RsaOaepSha1 => "rsa-oaep-sha1",
+        }
+    }
+
     /// The natural wrapping algorithm for a KEK of this family.
     pub fn default_for(kek: crate::model::Algorithm) -> Self {
         match kek.family() {

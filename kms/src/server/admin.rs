@@ -43,9 +43,9 @@ const OFFICERS: &[Role] = &[Role::SecurityOfficer];
 const METRICS_READERS: &[Role] = &[Role::SecurityOfficer, Role::Operator];
 
 #[derive(Clone)]
-struct AppState {
-    ctx: Arc<Context>,
-    listener: Listener,
+pub(super) struct AppState {
+    pub(super) ctx: Arc<Context>,
+    pub(super) listener: Listener,
 }
 
 /// A server-made id per request: in the `x-request-id` header and in the
@@ -67,33 +67,28 @@ pub(crate) fn router(ctx: Arc<Context>, listener: Listener) -> Router {
     common(routes, AppState { ctx, listener })
 }
 
-/// The provisioning listener, for now: its endpoints (tenant-bound
-/// provisioners, SCP02/SCP03 session keys) come with the provisioning issue
-/// and are added here.
-pub(crate) fn provisioning_router(ctx: Arc<Context>) -> Router {
-    let routes = Router::new()
+/// Health and readiness, which the provisioning listener also answers.
+pub(super) fn health_routes(state: AppState) -> Router {
+    Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/ready", get(ready));
-    common(
-        routes,
-        AppState {
-            ctx,
-            listener: Listener::Provisioning,
-        },
-    )
+        .route("/v1/ready", get(ready))
+        .with_state(state)
+}
+
+fn common(routes: Router<AppState>, state: AppState) -> Router {
+    wrap(routes.with_state(state.clone()), state)
 }
 
 /// What every listener has: problem+json for unknown paths and methods,
 /// the body limit, the request timeout, request ids and metrics.
-fn common(routes: Router<AppState>, state: AppState) -> Router {
+pub(super) fn wrap(routes: Router, state: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(limit_body))
         .layer(middleware::from_fn(timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, observe))
 }
 
 /// Outermost: a request id in, the request counted by route and status,

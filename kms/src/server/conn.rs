@@ -67,7 +67,7 @@ struct BudgetState {
 impl RefusalBudget {
     /// Some(number of refusals suppressed since the last record) when this
     /// refusal may be recorded.
-    fn take(&self) -> Option<u64> {
+    pub(crate) fn take(&self) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if s.window_start

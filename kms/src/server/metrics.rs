@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
     /// (listener, reason) -> failed TLS handshakes.
     handshakes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Problem code -> provisioning refusals (codes are a fixed set).
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
     rejected_connections: AtomicU64,
     audit_written: AtomicU64,
     audit_failed: AtomicU64,
@@ -40,6 +42,11 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *m.entry((listener, reason)).or_default() += 1;
+    }
+
+    pub(crate) fn refused(&self, code: &'static str) {
+        let mut m = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        *m.entry(code).or_default() += 1;
     }
 
     pub(crate) fn connection_rejected(&self) {
@@ -96,6 +103,21 @@ impl Metrics {
             );
         }
         drop(handshakes);
+        family(
+            &mut out,
+            "kms_provisioning_refusals_total",
+            "counter",
+            "Provisioning requests refused, by problem code (replayed-request, rate-limited, overloaded, card-cryptogram, ...).",
+        );
+        let refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        for (code, n) in refusals.iter() {
+            let _ = writeln!(
+                out,
+                "kms_provisioning_refusals_total{{code=\"{}\"}} {n}",
+                label(code)
+            );
+        }
+        drop(refusals);
         let counters = [
             (
                 "kms_connections_rejected_total",

@@ -4,10 +4,9 @@
 //! Two listeners share one TLS configuration:
 //! - **admin** (`[server] admin_listen`): the security officers' read-only
 //!   audit endpoints and the operators' metrics (`admin.rs`);
-//! - **provisioning** (`[server] provisioning_listen`): only health and
-//!   readiness for now; the OTA provisioning endpoints (tenant-bound
-//!   provisioners, SCP02/SCP03 session keys) come with the provisioning issue
-//!   and plug in as another router on the same accept loop.
+//! - **provisioning** (`[server] provisioning_listen`): the OTA
+//!   provisioners' endpoints (`provisioning/`): SCP02/SCP03 session keys, EMV
+//!   card keys, key metadata; every answer signed in the HSM.
 //!
 //! Every connection must present a client certificate that chains to
 //! `client_ca`, is within its validity and, with `crl`, is not revoked;
@@ -30,6 +29,7 @@ pub mod dev_pki;
 mod metrics;
 mod principals;
 mod problem;
+pub mod provisioning;
 mod tls;
 
 pub use conn::Peer;
@@ -77,6 +77,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Principals(#[from] PrincipalsError),
+    #[error(transparent)]
+    Authz(#[from] crate::authz::AuthzError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -185,6 +187,10 @@ pub async fn start(
 ) -> Result<RunningServer, ServerError> {
     let tls = tls::server_config(settings)?;
     let principals = PrincipalPolicy::load(&settings.principals)?;
+    let authz = Arc::new(crate::authz::Authorizer::load(
+        &settings.provisioning_policy,
+    )?);
+    let signer = provisioning::ResponseSigner::open(svc.audit(), svc.hsm().clone()).await?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -221,6 +227,14 @@ pub async fn start(
                 ctx.principals.digest().to_owned(),
             ),
             ("principals".to_owned(), ctx.principals.len().to_string()),
+            (
+                "provisioning_policy_digest".to_owned(),
+                authz.digest().to_owned(),
+            ),
+            (
+                "response_signing_key".to_owned(),
+                signer.key_id().to_owned(),
+            ),
             ("client_ca_sha256".to_owned(), tls.client_ca_digest.clone()),
             (
                 "crl".to_owned(),
@@ -254,9 +268,7 @@ pub async fn start(
                 listener: Listener::Provisioning,
                 tcp: prov,
                 tls: acceptor,
-                // Health and readiness only: the provisioning endpoints come
-                // with the provisioning issue.
-                router: admin::provisioning_router(ctx.clone()),
+                router: provisioning::router(ctx.clone(), authz, signer, &settings.limits),
                 ctx,
             },
             stop_rx,

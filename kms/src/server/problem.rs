@@ -27,6 +27,33 @@ pub enum Code {
     AuditUnavailable,
     /// Anything else; the detail is in the server's log, not in the answer.
     Internal,
+    // The provisioning API's codes.
+    /// The body is not the endpoint's JSON, or a value in it is invalid.
+    InvalidRequest,
+    /// The kms-request-id or kms-timestamp header is missing or malformed.
+    InvalidEnvelope,
+    /// The timestamp is outside the server's window (REPLAY-1).
+    StaleRequest,
+    /// This principal used this request id before (REPLAY-1).
+    ReplayedRequest,
+    /// The key belongs to another tenant (KM-4).
+    OtherTenant,
+    /// The authorization policy does not permit this on this key.
+    NotPermitted,
+    /// The tenant has no such key.
+    UnknownKey,
+    /// The key's state, cryptoperiod or attributes do not allow this.
+    KeyRefused,
+    /// The card cryptogram does not verify.
+    CardCryptogram,
+    /// SCP02's sequence counter did not increase (REPLAY-1).
+    SequenceCounter,
+    /// The Security Domain holds another card's keys (TSM-DATA-1).
+    SdBound,
+    /// This principal is over its request rate.
+    RateLimited,
+    /// This node serves as many requests as it can; retry shortly.
+    Overloaded,
 }
 
 impl Code {
@@ -42,13 +69,62 @@ impl Code {
             Code::NotReady => "not-ready",
             Code::AuditUnavailable => "audit-unavailable",
             Code::Internal => "internal",
+            Code::InvalidRequest => "invalid-request",
+            Code::InvalidEnvelope => "invalid-envelope",
+            Code::StaleRequest => "stale-request",
+            Code::ReplayedRequest => "replayed-request",
+            Code::OtherTenant => "other-tenant",
+            Code::NotPermitted => "not-permitted",
+            Code::UnknownKey => "unknown-key",
+            Code::KeyRefused => "key-refused",
+            Code::CardCryptogram => "card-cryptogram",
+            Code::SequenceCounter => "sequence-counter",
+            Code::SdBound => "sd-bound",
+            Code::RateLimited => "rate-limited",
+            Code::Overloaded => "overloaded",
         }
     }
+
+    /// Every code, for the OpenAPI document and its tests.
+    pub const ALL: [Code; 23] = [
+        Code::UnknownCertificate,
+        Code::Forbidden,
+        Code::InvalidQuery,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::PayloadTooLarge,
+        Code::Timeout,
+        Code::NotReady,
+        Code::AuditUnavailable,
+        Code::Internal,
+        Code::InvalidRequest,
+        Code::InvalidEnvelope,
+        Code::StaleRequest,
+        Code::ReplayedRequest,
+        Code::OtherTenant,
+        Code::NotPermitted,
+        Code::UnknownKey,
+        Code::KeyRefused,
+        Code::CardCryptogram,
+        Code::SequenceCounter,
+        Code::SdBound,
+        Code::RateLimited,
+        Code::Overloaded,
+    ];
 
     pub fn status(self) -> StatusCode {
         match self {
             Code::UnknownCertificate | Code::Forbidden => StatusCode::FORBIDDEN,
-            Code::InvalidQuery => StatusCode::BAD_REQUEST,
+            Code::OtherTenant | Code::NotPermitted => StatusCode::FORBIDDEN,
+            Code::InvalidQuery | Code::InvalidRequest | Code::InvalidEnvelope => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::StaleRequest | Code::ReplayedRequest => StatusCode::CONFLICT,
+            Code::UnknownKey => StatusCode::NOT_FOUND,
+            Code::KeyRefused | Code::SequenceCounter | Code::SdBound => StatusCode::CONFLICT,
+            Code::CardCryptogram => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,6 +147,19 @@ impl Code {
             Code::NotReady => "The KMS is not ready",
             Code::AuditUnavailable => "The audit trail could not record this act",
             Code::Internal => "Internal error",
+            Code::InvalidRequest => "The request is not valid",
+            Code::InvalidEnvelope => "The request id or timestamp header is missing or malformed",
+            Code::StaleRequest => "The request's timestamp is outside the accepted window",
+            Code::ReplayedRequest => "This request id was used before",
+            Code::OtherTenant => "The key belongs to another tenant",
+            Code::NotPermitted => "The authorization policy does not permit this",
+            Code::UnknownKey => "No such key",
+            Code::KeyRefused => "The key may not be used for this",
+            Code::CardCryptogram => "The card cryptogram does not verify",
+            Code::SequenceCounter => "The sequence counter did not increase",
+            Code::SdBound => "The Security Domain is bound to another card",
+            Code::RateLimited => "Too many requests from this principal",
+            Code::Overloaded => "The KMS is at capacity",
         }
     }
 }
@@ -85,6 +174,9 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
+    /// The caller's kms-request-id, on the provisioning listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Problem {
@@ -95,7 +187,13 @@ impl Problem {
             status: code.status().as_u16(),
             detail: detail.into(),
             code: code.as_str().to_owned(),
+            request_id: None,
         }
+    }
+
+    pub fn for_request(mut self, id: Option<&str>) -> Problem {
+        self.request_id = id.map(str::to_owned);
+        self
     }
 }
 

@@ -93,6 +93,7 @@ fn outcome_of(e: &ServiceError) -> Outcome {
         ServiceError::Invalid(_)
         | ServiceError::NotFound(_)
         | ServiceError::Refused(_)
+        | ServiceError::Session(_)
         | ServiceError::Component(_)
         | ServiceError::Inconsistent(_) => Outcome::Refused,
         _ => Outcome::Failure,
@@ -133,6 +134,7 @@ impl KeyService {
             request_id: Some(
                 act.request_id
                     .clone()
+                    .or_else(|| self.caller.as_ref().map(|c| c.request_id.clone()))
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             ),
             outcome: None,

@@ -28,9 +28,45 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A provisioning request the card-session rules refuse (REPLAY-1,
+    /// TSM-DATA-1, a card cryptogram that does not verify). Nothing was
+    /// given out and nothing changed.
+    #[error("refused: {0}")]
+    Session(SessionRefusal),
     /// Fail closed: the audit record could not be written.
     #[error(transparent)]
     Audit(crate::audit::AuditError),
+}
+
+/// Why a card session or card-key request was refused; each has a stable
+/// API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRefusal {
+    /// The card did not prove it holds the static keys.
+    #[error("card cryptogram does not verify")]
+    CardCryptogram,
+    /// SCP02: the card's sequence counter must increase from session to
+    /// session (REPLAY-1).
+    #[error("sequence counter {got:04X} does not increase past {last:04X} for this card")]
+    SequenceCounter { got: u16, last: u16 },
+    /// TSM-DATA-1: this Security Domain already holds another card's keys.
+    #[error("Security Domain {sd_aid} on SE {se_id} is bound to another card ({bound_to}); a re-issue needs a dual-controlled release")]
+    SdBound {
+        se_id: String,
+        sd_aid: String,
+        bound_to: String,
+    },
+}
+
+impl SessionRefusal {
+    /// The API's problem code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionRefusal::CardCryptogram => "card-cryptogram",
+            SessionRefusal::SequenceCounter { .. } => "sequence-counter",
+            SessionRefusal::SdBound { .. } => "sd-bound",
+        }
+    }
 }
 
 impl From<ParseError> for ServiceError {
@@ -57,7 +93,7 @@ impl ServiceError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ServiceError::Invalid(_) | ServiceError::NotFound(_) | ServiceError::Component(_) => 2,
-            ServiceError::Refused(_) => 3,
+            ServiceError::Refused(_) | ServiceError::Session(_) => 3,
             ServiceError::Store(
                 StoreError::Duplicate { .. }
                 | StoreError::Invalid { .. }

@@ -18,8 +18,10 @@ mod reconcile;
 mod sessions;
 
 pub use approvals::{ApprovalRequest, Executed, Operation};
-pub use cardkeys::{SdDiversification, WrappedKey};
-pub use error::ServiceError;
+pub use cardkeys::{
+    EmvCardKeys, EmvCardKeysRequest, SdBindingState, SdDiversification, SdRef, WrappedKey,
+};
+pub use error::{ServiceError, SessionRefusal};
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
 pub use sessions::{
@@ -69,6 +71,16 @@ pub struct KeyService {
     audit: AuditLog,
     /// Where acts come from, for the audit trail (`cli`, a peer address).
     source: String,
+    /// Set by [`KeyService::on_behalf`] for one API request: the caller's
+    /// role and request id in every record the request causes.
+    caller: Option<Caller>,
+}
+
+/// Who an API request's acts are recorded as.
+#[derive(Clone, Debug)]
+struct Caller {
+    role: &'static str,
+    request_id: String,
 }
 
 impl KeyService {
@@ -89,6 +101,7 @@ impl KeyService {
             policy: Arc::new(policy),
             audit,
             source: source.to_owned(),
+            caller: None,
         };
         svc.audit
             .record(crate::audit::AuditEvent {
@@ -108,6 +121,20 @@ impl KeyService {
             .map_err(ServiceError::Audit)?;
 
         Ok(svc)
+    }
+
+    /// The same service, recording its acts as done by an API caller: `role`
+    /// (provisioner, ...) from `source` (the peer address), tied to the
+    /// caller's `request_id`, so an officer finds every record of a request.
+    pub fn on_behalf(&self, role: &'static str, source: String, request_id: &str) -> KeyService {
+        KeyService {
+            source,
+            caller: Some(Caller {
+                role,
+                request_id: request_id.to_owned(),
+            }),
+            ..self.clone()
+        }
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -144,8 +171,12 @@ impl KeyService {
         }
     }
 
-    /// The role the service's login acts in.
+    /// The role the service's acts are recorded in: an API caller's, or the
+    /// login's.
     pub fn role_name(&self) -> &'static str {
+        if let Some(c) = &self.caller {
+            return c.role;
+        }
         match self.hsm.role() {
             crate::hsm::Role::User => "operator",
             crate::hsm::Role::SecurityOfficer => "security-officer",

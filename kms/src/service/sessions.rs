@@ -11,10 +11,12 @@
 //! Neither cryptogram, nor anything wrapped, is recorded.
 
 use super::audited::{no_mentions, Act};
-use super::{Actor, KeyService, ServiceError, WrappedKey};
+use super::{Actor, KeyService, ServiceError, SessionRefusal, WrappedKey};
+use crate::audit::{AuditEvent, Outcome};
 use crate::derivation::{
     Handshake, Kdd, KmcDiversification, Scp02Handshake, Scp03Handshake, StaticKeySource, WrappedOut,
 };
+use crate::hsm::WrapAlg;
 use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, Tenant};
 
 /// How an SCP02 key set's static keys are found.
@@ -94,6 +96,10 @@ pub struct Scp02Session {
     pub dek: WrappedKey,
     /// Upper-case hex, for EXTERNAL AUTHENTICATE.
     pub host_cryptogram: String,
+    /// This card used this card challenge before (flagged in the trail).
+    pub card_challenge_reused: bool,
+    /// How the keys are wrapped under the transport KEK.
+    pub wrap: WrapAlg,
 }
 
 /// An SCP03 INITIALIZE UPDATE exchange to open a session for.
@@ -120,6 +126,9 @@ pub struct Scp03Session {
     pub static_dek: WrappedKey,
     /// Upper-case hex, for EXTERNAL AUTHENTICATE.
     pub host_cryptogram: String,
+    /// This card used this card challenge before (flagged in the trail).
+    pub card_challenge_reused: bool,
+    pub wrap: WrapAlg,
 }
 
 /// Which secure channel, for the checks on static keys.
@@ -160,7 +169,17 @@ fn wrapped(kind: &str, w: WrappedOut) -> WrappedKey {
 }
 
 fn card_cryptogram_refused() -> ServiceError {
-    ServiceError::Refused("card cryptogram does not verify".into())
+    ServiceError::Session(SessionRefusal::CardCryptogram)
+}
+
+/// The card a session is for, as the replay state knows it: its KDD when
+/// the keys are diversified (the KDD identifies the card), else the key set
+/// (undiversified static keys are one card's own).
+fn card_id(key_set: &KeyName, kdd: Option<&Kdd>) -> String {
+    match kdd {
+        Some(k) => format!("kdd:{}", k.to_hex()),
+        None => format!("keyset:{key_set}"),
+    }
 }
 
 /// The audit record of a session request: keys, method, public values.
@@ -187,6 +206,47 @@ fn session_act(
 }
 
 impl KeyService {
+    /// REPLAY-1: remember this card challenge; a card that repeats one is
+    /// either broken or being replayed. The session is still served (the
+    /// card cryptogram verified, and a card's challenge may legitimately
+    /// repeat after 2^48 sessions), but the trail gets its own record, for
+    /// officers to follow up, and the caller is told.
+    async fn card_challenge_seen(
+        &self,
+        tenant: &Tenant,
+        card: &str,
+        challenge: &[u8],
+    ) -> Result<bool, ServiceError> {
+        let hex = hex::encode_upper(challenge);
+        if self
+            .store
+            .note_card_challenge(tenant.as_str(), card, &hex)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.audit
+            .record(AuditEvent {
+                actor: "kms".into(),
+                role: "system".into(),
+                tenant: Some(tenant.to_string()),
+                action: "session.card-challenge-reused".into(),
+                request_id: self.caller.as_ref().map(|c| c.request_id.clone()),
+                outcome: Some(Outcome::Success),
+                reason: Some("this card used this card challenge before".into()),
+                source: Some(self.source.clone()),
+                details: [
+                    ("card".to_owned(), card.to_owned()),
+                    ("card_challenge".to_owned(), hex),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(ServiceError::Audit)?;
+        Ok(true)
+    }
+
     /// Look up the static keys (or KMC) of a request, checking usage,
     /// algorithm and, for SCP03's DEK, that it may leave the token.
     async fn static_key_source(
@@ -264,6 +324,19 @@ impl KeyService {
             .static_key_source(&req.tenant, names?, method, Scp::Scp02)
             .await?;
         let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
+        // REPLAY-1: a counter at or below the card's last is refused before
+        // the token is asked anything; the atomic advance below settles races.
+        let card = card_id(&req.key_set, req.kdd.as_ref());
+        let got = u16::from_be_bytes(req.sequence_counter);
+        let tenant = req.tenant.as_str();
+        if let Some(last) = self.store.scp02_counter(tenant, &card).await? {
+            if got <= last {
+                return Err(ServiceError::Session(SessionRefusal::SequenceCounter {
+                    got,
+                    last,
+                }));
+            }
+        }
         let hs = Scp02Handshake {
             sequence_counter: req.sequence_counter,
             host_challenge: req.host_challenge,
@@ -275,13 +348,33 @@ impl KeyService {
             .await?
         {
             Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
-            Handshake::Established(k) => Ok(Scp02Session {
-                s_enc: wrapped("s-enc", k.s_enc),
-                c_mac: wrapped("c-mac", k.c_mac),
-                r_mac: wrapped("r-mac", k.r_mac),
-                dek: wrapped("dek", k.dek),
-                host_cryptogram: hex::encode_upper(k.host_cryptogram),
-            }),
+            Handshake::Established(k) => {
+                if !self.store.advance_scp02_counter(tenant, &card, got).await? {
+                    // Another request for this card, with this or a higher
+                    // counter, won the race: this one is a replay.
+                    let last = self
+                        .store
+                        .scp02_counter(tenant, &card)
+                        .await?
+                        .unwrap_or(got);
+                    return Err(ServiceError::Session(SessionRefusal::SequenceCounter {
+                        got,
+                        last,
+                    }));
+                }
+                let reused = self
+                    .card_challenge_seen(&req.tenant, &card, &req.card_challenge)
+                    .await?;
+                Ok(Scp02Session {
+                    s_enc: wrapped("s-enc", k.s_enc),
+                    c_mac: wrapped("c-mac", k.c_mac),
+                    r_mac: wrapped("r-mac", k.r_mac),
+                    dek: wrapped("dek", k.dek),
+                    host_cryptogram: hex::encode_upper(k.host_cryptogram),
+                    card_challenge_reused: reused,
+                    wrap: alg,
+                })
+            }
         }
     }
 
@@ -308,13 +401,21 @@ impl KeyService {
             .await?
         {
             Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
-            Handshake::Established(k) => Ok(Scp03Session {
-                s_enc: wrapped("s-enc", k.s_enc),
-                s_mac: wrapped("s-mac", k.s_mac),
-                s_rmac: wrapped("s-rmac", k.s_rmac),
-                static_dek: wrapped("static-dek", k.static_dek),
-                host_cryptogram: hex::encode_upper(k.host_cryptogram),
-            }),
+            Handshake::Established(k) => {
+                let card = card_id(&req.key_set, req.kdd.as_ref());
+                let reused = self
+                    .card_challenge_seen(&req.tenant, &card, &req.card_challenge)
+                    .await?;
+                Ok(Scp03Session {
+                    s_enc: wrapped("s-enc", k.s_enc),
+                    s_mac: wrapped("s-mac", k.s_mac),
+                    s_rmac: wrapped("s-rmac", k.s_rmac),
+                    static_dek: wrapped("static-dek", k.static_dek),
+                    host_cryptogram: hex::encode_upper(k.host_cryptogram),
+                    card_challenge_reused: reused,
+                    wrap: alg,
+                })
+            }
         }
     }
 

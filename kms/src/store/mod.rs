@@ -19,6 +19,7 @@ mod approvals;
 mod audit;
 mod error;
 mod keys;
+mod provisioning;
 mod records;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ mod tests;
 pub use approvals::ApprovalRow;
 pub use audit::AuditFilter;
 pub use error::StoreError;
+pub use provisioning::{BindOutcome, SdBinding};
 pub use records::{
     EventRecord, KeyId, KeyRecord, NewKey, NewVersion, Presence, PresenceError, VersionRecord,
 };
