@@ -331,7 +331,9 @@ impl ResponseVerifier {
     /// sent without one): the echoed request id must be the one sent, the
     /// signing key id the pinned key's, and the signature (upper-case hex of
     /// r || s) must verify over [`wire::signed_message`] of the sent id and
-    /// the exact body. Each of these headers must appear at most once.
+    /// the exact body. Each of these headers must appear at most once. A sent
+    /// id the wire does not allow counts as none (the server refuses it, and
+    /// its refusal is signed over the empty id).
     pub fn check(
         &self,
         sent_request_id: Option<&str>,
@@ -361,7 +363,11 @@ impl ResponseVerifier {
                 self.key_id
             ));
         }
-        let sent = sent_request_id.unwrap_or("");
+        // The server takes an invalid request id for none: it refuses the
+        // request, and signs its refusal over (and echoes) the empty id.
+        let sent = sent_request_id
+            .filter(|id| valid_request_id(id))
+            .unwrap_or("");
         match single_header(headers, wire::REQUEST_ID)? {
             Some(echoed) if echoed != sent => {
                 return Err(format!("request id {sent:?} echoed as {echoed:?}"));
@@ -387,6 +393,15 @@ impl ResponseVerifier {
             })?;
         Ok(SignatureCheck::Valid)
     }
+}
+
+/// A request id as the wire allows it: 8 to 64 characters of
+/// `A-Z a-z 0-9 - _ . :` ([`wire::REQUEST_ID`]).
+fn valid_request_id(id: &str) -> bool {
+    (8..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// A header that may appear at most once, as text.
@@ -966,6 +981,23 @@ mod tests {
         assert_eq!(verifier(&k).check(None, &h, BODY), SignatureCheck::Valid);
         h.remove(wire::REQUEST_ID);
         assert_eq!(verifier(&k).check(None, &h, BODY), SignatureCheck::Valid);
+    }
+
+    #[test]
+    fn a_request_sent_with_an_invalid_id_is_answered_over_the_empty_id() {
+        let k = signing_key(7);
+        let h = signed_headers(&k, "", BODY);
+        for invalid in ["short", "has space in it", &"x".repeat(65)] {
+            assert_eq!(
+                verifier(&k).check(Some(invalid), &h, BODY),
+                SignatureCheck::Valid,
+                "{invalid}"
+            );
+        }
+        // A valid id is not excused from being echoed.
+        let check = verifier(&k).check(Some(ID), &h, BODY);
+        assert!(matches!(check, SignatureCheck::Invalid(_)), "{check:?}");
+        assert!(valid_request_id(&new_request_id()));
     }
 
     #[test]

@@ -582,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn km_3_keys_that_are_not_active_are_refused_for_derivation() {
+    fn only_active_keys_are_used_for_derivation() {
         let a = authz();
         for state in KeyState::ALL {
             if state == KeyState::Active {
@@ -621,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn an_untrusted_transport_kek_never_wraps() {
+    fn km_5_an_untrusted_transport_kek_never_wraps() {
         let a = authz();
         for action in DERIVATIONS {
             let k = KeyAttrs {

@@ -1034,6 +1034,11 @@ pub async fn provisioning(store: &Store) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+    store
+        .release_sd("issuer-a", "se-churn", "A000")
+        .await
+        .unwrap();
+    assert_eq!(store.sd_bindings("issuer-a").await.unwrap().len(), 3);
 }
 
 /// The provisioning state is shared: what one node (or the same node before

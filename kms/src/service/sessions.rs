@@ -31,6 +31,16 @@ pub enum Scp02Diversification {
     Visa2,
 }
 
+impl Scp02Diversification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::EmvCps11 => "emv-cps11",
+            Self::Visa2 => "visa2",
+        }
+    }
+}
+
 impl std::str::FromStr for Scp02Diversification {
     type Err = crate::model::ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -55,6 +65,15 @@ pub enum Scp03Diversification {
     None,
     /// `key_set` is an sd-kmc (AES), diversified by GlobalPlatform KDF3.
     Kdf3,
+}
+
+impl Scp03Diversification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Kdf3 => "kdf3",
+        }
+    }
 }
 
 impl std::str::FromStr for Scp03Diversification {
@@ -172,13 +191,14 @@ fn card_cryptogram_refused() -> ServiceError {
     ServiceError::Session(SessionRefusal::CardCryptogram)
 }
 
-/// The card a session is for, as the replay state knows it: its KDD when
-/// the keys are diversified (the KDD identifies the card), else the key set
-/// (undiversified static keys are one card's own).
-fn card_id(key_set: &KeyName, kdd: Option<&Kdd>) -> String {
+/// The card a session is for, as the replay state knows it: the static
+/// keys identify the card, so it is the key set with, when they are
+/// diversified, the method and the KDD (undiversified static keys are one
+/// card's own).
+fn card_id(key_set: &KeyName, method: &str, kdd: Option<&Kdd>) -> String {
     match kdd {
-        Some(k) => format!("kdd:{}", k.to_hex()),
-        None => format!("keyset:{key_set}"),
+        Some(k) => format!("{key_set}/{method}/{}", k.to_hex()),
+        None => key_set.to_string(),
     }
 }
 
@@ -326,7 +346,11 @@ impl KeyService {
         let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
         // REPLAY-1: a counter at or below the card's last is refused before
         // the token is asked anything; the atomic advance below settles races.
-        let card = card_id(&req.key_set, req.kdd.as_ref());
+        let card = card_id(
+            &req.key_set,
+            req.diversification.as_str(),
+            req.kdd.as_ref(),
+        );
         let got = u16::from_be_bytes(req.sequence_counter);
         let tenant = req.tenant.as_str();
         if let Some(last) = self.store.scp02_counter(tenant, &card).await? {
@@ -402,7 +426,11 @@ impl KeyService {
         {
             Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
             Handshake::Established(k) => {
-                let card = card_id(&req.key_set, req.kdd.as_ref());
+                let card = card_id(
+                    &req.key_set,
+                    req.diversification.as_str(),
+                    req.kdd.as_ref(),
+                );
                 let reused = self
                     .card_challenge_seen(&req.tenant, &card, &req.card_challenge)
                     .await?;
@@ -432,11 +460,7 @@ impl KeyService {
             &req.key_set,
             req.diversification != Scp02Diversification::None,
         );
-        let method = match req.diversification {
-            Scp02Diversification::None => "none",
-            Scp02Diversification::EmvCps11 => "emv-cps11",
-            Scp02Diversification::Visa2 => "visa2",
-        };
+        let method = req.diversification.as_str();
         let act = session_act(
             actor,
             "session.scp02",
@@ -467,10 +491,7 @@ impl KeyService {
             &req.key_set,
             req.diversification != Scp03Diversification::None,
         );
-        let method = match req.diversification {
-            Scp03Diversification::None => "none",
-            Scp03Diversification::Kdf3 => "kdf3",
-        };
+        let method = req.diversification.as_str();
         let act = session_act(
             actor,
             "session.scp03",
