@@ -346,11 +346,7 @@ impl KeyService {
         let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
         // REPLAY-1: a counter at or below the card's last is refused before
         // the token is asked anything; the atomic advance below settles races.
-        let card = card_id(
-            &req.key_set,
-            req.diversification.as_str(),
-            req.kdd.as_ref(),
-        );
+        let card = card_id(&req.key_set, req.diversification.as_str(), req.kdd.as_ref());
         let got = u16::from_be_bytes(req.sequence_counter);
         let tenant = req.tenant.as_str();
         if let Some(last) = self.store.scp02_counter(tenant, &card).await? {
@@ -426,11 +422,7 @@ impl KeyService {
         {
             Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
             Handshake::Established(k) => {
-                let card = card_id(
-                    &req.key_set,
-                    req.diversification.as_str(),
-                    req.kdd.as_ref(),
-                );
+                let card = card_id(&req.key_set, req.diversification.as_str(), req.kdd.as_ref());
                 let reused = self
                     .card_challenge_seen(&req.tenant, &card, &req.card_challenge)
                     .await?;
