@@ -233,7 +233,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             .context("the bench needs the SO PIN to create its trusted transport KEK")?;
         match so.execute(&who, &r.id).await? {
             kms::service::Executed::Key(k) => k,
-            kms::service::Executed::Exported(_) => anyhow::bail!("unexpected result"),
+            _ => anyhow::bail!("unexpected result"),
         }
     };
     let svc = service(&cfg, &db, Role::User).await?;

@@ -25,6 +25,9 @@ pub enum SensitiveAction {
     Compromise,
     /// Create a KEK with CKA_TRUSTED (it may then wrap exportable keys).
     Trust,
+    /// Release a Security Domain's binding to a card so it can receive
+    /// another card's keys (TSM-DATA-1 re-issue).
+    Reissue,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +89,7 @@ impl KeyPolicy {
             SensitiveAction::Export,
             SensitiveAction::Destroy,
             SensitiveAction::Trust,
+            SensitiveAction::Reissue,
         ] {
             if !f.dual_control.operations.contains(&must) {
                 return Err(format!("dual_control.operations must include {must:?}"));

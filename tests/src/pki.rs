@@ -3,7 +3,8 @@
 //! localhost / 127.0.0.1, client certificates for each kind of principal, an
 //! expired one, a revoked one (in the CA's CRL), one the principals policy
 //! does not map, and one from another CA. `settings()` points a server at
-//! them on 127.0.0.1 port 0.
+//! them on 127.0.0.1 port 0; `client_config()` makes a configuration of the
+//! provisioning API's reference client (`kms_client`) for one of them.
 
 use crate::client::Identity;
 use kms::config::ServerSettings;
@@ -24,6 +25,10 @@ pub const PROVISIONER: &str = "ota-issuer-a";
 pub const PROVISIONER_TENANT: &str = "issuer-a";
 pub const PROVISIONER_CN: &str = "ota.issuer-a.test";
 pub const OPERATOR_CN: &str = "ops.kms.test";
+/// A second provisioner, of another tenant (KM-4 tests).
+pub const PROVISIONER_B: &str = "ota-issuer-b";
+pub const PROVISIONER_B_TENANT: &str = "issuer-b";
+pub const PROVISIONER_B_CN: &str = "ota.issuer-b.test";
 
 /// A client certificate and its key.
 pub struct ClientCert {
@@ -43,6 +48,11 @@ impl ClientCert {
         }
     }
 
+    /// The private key, PEM (PKCS#8).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// The actor of records about this certificate when it is not (or not
     /// validly) mapped.
     pub fn actor(&self) -> String {
@@ -54,10 +64,14 @@ pub struct TestPki {
     pub dir: tempfile::TempDir,
     /// The CA of the server and of the clients.
     pub ca: CertificateDer<'static>,
+    /// The same, PEM.
+    pub ca_pem: String,
     /// Mapped by fingerprint as security-officer `sofia`.
     pub officer: ClientCert,
     /// Mapped by CN as provisioner `ota-issuer-a` of tenant `issuer-a`.
     pub provisioner: ClientCert,
+    /// Mapped by CN as provisioner `ota-issuer-b` of tenant `issuer-b`.
+    pub provisioner_b: ClientCert,
     /// Mapped by CN as operator `ops`.
     pub operator: ClientCert,
     /// Issued by the CA but in no principal entry.
@@ -181,6 +195,7 @@ impl TestPki {
         .sign(&issuer);
         let revoked = Leaf::client("revoked.kms.test", 7).sign(&issuer);
         let foreign = Leaf::client(PROVISIONER_CN, 8).sign(&other);
+        let provisioner_b = Leaf::client(PROVISIONER_B_CN, 9).sign(&issuer);
 
         let crl = CertificateRevocationListParams {
             this_update: now - Duration::hours(1),
@@ -206,6 +221,7 @@ impl TestPki {
         let principals = format!(
             "[[principal]]\nname = \"{OFFICER}\"\nrole = \"security-officer\"\ncert_sha256 = \"{}\"\n\n\
              [[principal]]\nname = \"{PROVISIONER}\"\nrole = \"provisioner\"\ntenant = \"{PROVISIONER_TENANT}\"\nsubject_cn = \"{PROVISIONER_CN}\"\n\n\
+             [[principal]]\nname = \"{PROVISIONER_B}\"\nrole = \"provisioner\"\ntenant = \"{PROVISIONER_B_TENANT}\"\nsubject_cn = \"{PROVISIONER_B_CN}\"\n\n\
              [[principal]]\nname = \"{OPERATOR}\"\nrole = \"operator\"\nsubject_cn = \"{OPERATOR_CN}\"\n\n\
              [[principal]]\nname = \"expired-officer\"\nrole = \"security-officer\"\ncert_sha256 = \"{}\"\n\n\
              [[principal]]\nname = \"revoked-officer\"\nrole = \"security-officer\"\ncert_sha256 = \"{}\"\n",
@@ -214,8 +230,10 @@ impl TestPki {
         write(d, "principals.toml", &principals, 0o644);
         TestPki {
             ca: ca_der,
+            ca_pem,
             officer,
             provisioner,
+            provisioner_b,
             operator,
             unmapped,
             expired,
@@ -240,6 +258,35 @@ impl TestPki {
             provisioning_policy: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../policies/provisioning.cedar"),
             limits: kms::config::ProvisioningLimits::default(),
+        }
+    }
+
+    /// [`TestPki::settings`] with these provisioning limits (tiny ones for
+    /// the 429 and 503 tests).
+    pub fn settings_with_limits(&self, limits: kms::config::ProvisioningLimits) -> ServerSettings {
+        ServerSettings {
+            limits,
+            ..self.settings()
+        }
+    }
+
+    /// The provisioning API's reference client configuration for a server
+    /// at `server` (whose certificate names 127.0.0.1), trusting this CA,
+    /// presenting `who` (or no certificate), and pinning `signing_key`
+    /// (`None`: trust on first use).
+    pub fn client_config(
+        &self,
+        server: std::net::SocketAddr,
+        who: Option<&ClientCert>,
+        signing_key: Option<p256::ecdsa::VerifyingKey>,
+    ) -> kms_client::ClientConfig {
+        kms_client::ClientConfig {
+            server,
+            server_name: "127.0.0.1".into(),
+            ca_pem: self.ca_pem.as_bytes().to_vec(),
+            cert_chain_pem: who.map(|c| c.pem.as_bytes().to_vec()),
+            key_pem: who.map(|c| c.key_pem.as_bytes().to_vec()),
+            signing_key,
         }
     }
 }

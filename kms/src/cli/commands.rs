@@ -1,7 +1,7 @@
 //! One function per command; each builds a service, calls it, prints.
 
 use super::output::{key_detail, key_line, print};
-use super::{Cli, Command, DeriveCommand, KeyCommand, KeyId, RequestCommand};
+use super::{Cli, Command, DeriveCommand, KeyCommand, KeyId, RequestCommand, SdCommand};
 use anyhow::{bail, Context, Result};
 use kms::config::Config;
 use kms::crypto::{Component, Kcv};
@@ -114,6 +114,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Key(_) => "key",
         Command::Request(_) => "request",
         Command::Derive(_) => "derive",
+        Command::Sd(_) => "sd",
         Command::Bench(_) => "bench",
         Command::Audit(_) => "audit",
         Command::Serve => "serve",
@@ -161,6 +162,7 @@ async fn run_command(cli: &Cli) -> Result<()> {
         Command::Key(k) => key(cli, k).await,
         Command::Request(r) => request(cli, r).await,
         Command::Derive(d) => derive(cli, d).await,
+        Command::Sd(c) => sd(cli, c).await,
         Command::Bench(b) => crate::bench::run(cli, b).await,
         Command::Audit(a) => super::audit::run(cli, a).await,
         Command::Serve => super::serve::serve(cli).await,
@@ -485,6 +487,45 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
     Ok(())
 }
 
+async fn sd(cli: &Cli, cmd: &SdCommand) -> Result<()> {
+    let who = actor(cli)?;
+    match cmd {
+        SdCommand::List { tenant } => {
+            let svc = service(cli, Role::User).await?;
+            let list = svc.sd_bindings(&who, &Tenant::parse(tenant)?).await?;
+            print(cli.json, &list, || {
+                if list.is_empty() {
+                    return format!("no Security Domain of {tenant} is bound to a card");
+                }
+                list.iter()
+                    .map(|b| {
+                        format!(
+                            "SE {}  SD {}  card {} PSN {:02}  bound {} by {}",
+                            b.se_id, b.sd_aid, b.pan_masked, b.psn, b.bound_at, b.bound_by
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        SdCommand::Release {
+            tenant,
+            se_id,
+            sd_aid,
+            reason,
+        } => {
+            let op = Operation::ReleaseSd {
+                tenant: tenant.clone(),
+                se_id: se_id.to_ascii_uppercase(),
+                sd_aid: sd_aid.to_ascii_uppercase(),
+                reason: reason.clone(),
+            };
+            submit(cli, &who, op).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
     let svc = service(cli, Role::User).await?;
     let req = svc.request(who, op).await?;
@@ -572,7 +613,8 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 user.audit().countersign(unmaced).await?;
             }
             let out = executed?;
-            print(cli.json, &out, || match &out {
+            print(cli.json, &out, || {
+                match &out {
                 Executed::Exported(e) => format!(
                     "{}/{} v{} (kcv {}) wrapped under {} v{} with {:?}:\n{}",
                     e.tenant,
@@ -585,6 +627,11 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     e.wrapped
                 ),
                 Executed::Key(k) => key_detail(k),
+                Executed::Released(b) => format!(
+                    "SD {} on SE {} released from card {} PSN {:02} (bound {} by {}); it may now be personalized for another card",
+                    b.sd_aid, b.se_id, b.pan_masked, b.psn, b.bound_at, b.bound_by
+                ),
+            }
             });
         }
     }

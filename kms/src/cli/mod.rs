@@ -46,6 +46,9 @@ pub enum Command {
     /// Derive card keys inside the HSM, wrapped under a transport KEK.
     #[command(subcommand)]
     Derive(DeriveCommand),
+    /// Security Domain bindings (TSM-DATA-1: one SD, one card).
+    #[command(subcommand)]
+    Sd(SdCommand),
     /// Measure raw PKCS#11 rates beside the same work through the key layer.
     Bench(BenchArgs),
     /// The audit trail: verify, search, export, report.
@@ -280,6 +283,31 @@ pub enum RequestCommand {
         /// Read components from standard input (see `key import --stdin`).
         #[arg(long)]
         stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SdCommand {
+    /// The tenant's Security Domains and the card (masked PAN, PSN) each
+    /// is bound to.
+    List {
+        #[arg(long, short = 't')]
+        tenant: String,
+    },
+    /// Ask to release an SD from its card so that it can be personalized
+    /// for another (a re-issue). Dual control: another person approves,
+    /// then the requester runs `kms request execute`.
+    Release {
+        #[arg(long, short = 't')]
+        tenant: String,
+        /// The Secure Element's id (hex).
+        #[arg(long)]
+        se_id: String,
+        /// The Security Domain's AID (hex).
+        #[arg(long)]
+        sd_aid: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -50,6 +50,15 @@ pub enum Operation {
         usage: String,
         kcv: Option<String>,
     },
+    /// TSM-DATA-1: free a Security Domain bound to one card, so that it can
+    /// be personalized for another (a re-issue). The binding itself stays
+    /// in the audit trail.
+    ReleaseSd {
+        tenant: String,
+        se_id: String,
+        sd_aid: String,
+        reason: String,
+    },
 }
 
 impl Operation {
@@ -59,6 +68,7 @@ impl Operation {
             Operation::Destroy { .. } => SensitiveAction::Destroy,
             Operation::Compromise { .. } => SensitiveAction::Compromise,
             Operation::TrustedKek { .. } => SensitiveAction::Trust,
+            Operation::ReleaseSd { .. } => SensitiveAction::Reissue,
         }
     }
 
@@ -127,6 +137,18 @@ impl Operation {
                         .map_err(|e| ServiceError::Invalid(e.to_string()))?;
                 }
             }
+            Operation::ReleaseSd {
+                tenant,
+                se_id,
+                sd_aid,
+                reason,
+            } => {
+                Tenant::parse(tenant)?;
+                super::SdRef::parse(se_id, sd_aid)?;
+                if reason.trim().is_empty() {
+                    return Err(ServiceError::Invalid("a re-issue needs a reason".into()));
+                }
+            }
         }
         Ok(())
     }
@@ -141,12 +163,14 @@ impl Operation {
         matches!(self, Operation::TrustedKek { kcv: Some(_), .. })
     }
 
-    fn key_name(&self) -> (&str, &str) {
+    /// The tenant, and the key when the operation is about one.
+    fn subject(&self) -> (&str, Option<&str>) {
         match self {
             Operation::Export { tenant, key, .. }
             | Operation::Destroy { tenant, key, .. }
             | Operation::Compromise { tenant, key, .. }
-            | Operation::TrustedKek { tenant, key, .. } => (tenant, key),
+            | Operation::TrustedKek { tenant, key, .. } => (tenant, Some(key)),
+            Operation::ReleaseSd { tenant, .. } => (tenant, None),
         }
     }
 }
@@ -171,6 +195,8 @@ pub struct ApprovalRequest {
 pub enum Executed {
     Exported(super::ExportedKey),
     Key(crate::store::KeyRecord),
+    /// The binding a re-issue released.
+    Released(crate::store::SdBinding),
 }
 
 impl KeyService {
@@ -244,18 +270,50 @@ impl KeyService {
         id: String,
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
-        let (tenant, key) = op.key_name();
-        let (tenant, key) = (Tenant::parse(tenant)?, KeyName::parse(key)?);
         // Refuse requests that cannot run, before anyone is asked.
-        let existing = self.store.find_key(&tenant, &key).await?;
+        if let Operation::ReleaseSd {
+            tenant,
+            se_id,
+            sd_aid,
+            ..
+        } = &op
+        {
+            let sd = super::SdRef::parse(se_id, sd_aid)?;
+            if self
+                .store
+                .sd_binding(tenant, sd.se_id(), sd.sd_aid())
+                .await?
+                .is_none()
+            {
+                return Err(ServiceError::NotFound(format!(
+                    "no card is bound to SD {} on SE {} in {tenant}",
+                    sd.sd_aid(),
+                    sd.se_id()
+                )));
+            }
+        }
+        let (tenant, key) = op.subject();
+        let tenant = Tenant::parse(tenant)?;
+        let key = key.map(KeyName::parse).transpose()?;
+        let existing = match &key {
+            Some(k) => self.store.find_key(&tenant, k).await?,
+            None => None,
+        };
         match (&op, existing) {
+            (Operation::ReleaseSd { .. }, _) => {}
             (Operation::TrustedKek { .. }, Some(_)) => {
                 return Err(ServiceError::Invalid(format!(
-                    "tenant {tenant} already has a key named {key}"
+                    "tenant {tenant} already has a key named {}",
+                    key.as_ref().map(KeyName::as_str).unwrap_or_default()
                 )))
             }
             (Operation::TrustedKek { .. }, None) => {}
-            (_, None) => return Err(ServiceError::NotFound(format!("{tenant}/{key}"))),
+            (_, None) => {
+                return Err(ServiceError::NotFound(format!(
+                    "{tenant}/{}",
+                    key.as_ref().map(KeyName::as_str).unwrap_or_default()
+                )))
+            }
             (_, Some(_)) => {}
         }
         // The id was chosen by `request` so the trail can name it up front.
@@ -365,6 +423,7 @@ impl KeyService {
             self.execute_now(actor, id, components),
             |e: &Executed| match e {
                 Executed::Key(k) => mention(k),
+                Executed::Released(_) => Vec::new(),
                 Executed::Exported(x) => vec![
                     crate::audit::KeyMention {
                         tenant: x.tenant.to_string(),
@@ -548,26 +607,61 @@ impl KeyService {
                     .await?;
                 Ok(Executed::Key(rec))
             }
+            Operation::ReleaseSd {
+                tenant,
+                se_id,
+                sd_aid,
+                ..
+            } => {
+                let sd = super::SdRef::parse(&se_id, &sd_aid)?;
+                match self
+                    .store
+                    .release_sd(&tenant, sd.se_id(), sd.sd_aid())
+                    .await?
+                {
+                    Some(b) => Ok(Executed::Released(b)),
+                    None => Err(ServiceError::NotFound(format!(
+                        "no card is bound to SD {} on SE {} in {tenant} any more",
+                        sd.sd_aid(),
+                        sd.se_id()
+                    ))),
+                }
+            }
         }
     }
 }
 
 /// What the trail says about an operation: its kind and its key.
 fn op_act(act: Act, op: &Operation) -> Act {
-    let (tenant, key) = op.key_name();
-    let act = act.detail("operation", format!("{:?}", op.action()).to_lowercase());
-    match (Tenant::parse(tenant), KeyName::parse(key)) {
-        (Ok(t), Ok(k)) => act.key(&t, &k, None),
+    let (tenant, key) = op.subject();
+    let mut act = act.detail("operation", format!("{:?}", op.action()).to_lowercase());
+    if let Operation::ReleaseSd {
+        se_id,
+        sd_aid,
+        reason,
+        ..
+    } = op
+    {
+        act = act
+            .detail("se_id", se_id.clone())
+            .detail("sd_aid", sd_aid.clone())
+            .detail("reason", reason.clone());
+    }
+    match (Tenant::parse(tenant), key.map(KeyName::parse)) {
+        (Ok(t), Some(Ok(k))) => act.key(&t, &k, None),
+        (Ok(t), None) => act.tenant(&t),
         _ => act,
     }
 }
 
 fn request_mentions(r: &ApprovalRequest) -> Vec<crate::audit::KeyMention> {
-    let (tenant, key) = r.operation.key_name();
-    vec![crate::audit::KeyMention {
-        tenant: tenant.to_owned(),
-        name: key.to_owned(),
-        version: None,
-        kcv: None,
-    }]
+    match r.operation.subject() {
+        (tenant, Some(key)) => vec![crate::audit::KeyMention {
+            tenant: tenant.to_owned(),
+            name: key.to_owned(),
+            version: None,
+            kcv: None,
+        }],
+        (_, None) => Vec::new(),
+    }
 }

@@ -437,3 +437,21 @@ impl KeyService {
         .await
     }
 }
+
+impl KeyService {
+    /// The tenant's SD bindings (masked PANs only), for the people who
+    /// decide on re-issues.
+    pub async fn sd_bindings(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+    ) -> Result<Vec<SdBinding>, ServiceError> {
+        let act = Act::read(actor, "sd.list").tenant(tenant);
+        self.audited(
+            act,
+            async { Ok(self.store.sd_bindings(tenant.as_str()).await?) },
+            no_mentions,
+        )
+        .await
+    }
+}
