@@ -168,8 +168,15 @@ mod tests {
             include_str!("../../policies/keys.toml").replace("approvals = 1", "approvals = 0");
         assert!(KeyPolicy::parse(&text).is_err());
         let text = include_str!("../../policies/keys.toml").replace(
-            "operations = [\"export\", \"destroy\", \"compromise\", \"trust\"]",
+            "operations = [\"export\", \"destroy\", \"compromise\", \"trust\", \"reissue\"]",
             "operations = []",
+        );
+        assert!(KeyPolicy::parse(&text).is_err());
+        // TSM-DATA-1: a re-issue (releasing an SD's binding) cannot be made
+        // a one-person act either.
+        let text = include_str!("../../policies/keys.toml").replace(
+            "\"trust\", \"reissue\"]",
+            "\"trust\"]",
         );
         assert!(KeyPolicy::parse(&text).is_err());
     }
