@@ -174,10 +174,8 @@ mod tests {
         assert!(KeyPolicy::parse(&text).is_err());
         // TSM-DATA-1: a re-issue (releasing an SD's binding) cannot be made
         // a one-person act either.
-        let text = include_str!("../../policies/keys.toml").replace(
-            "\"trust\", \"reissue\"]",
-            "\"trust\"]",
-        );
+        let text = include_str!("../../policies/keys.toml")
+            .replace("\"trust\", \"reissue\"]", "\"trust\"]");
         assert!(KeyPolicy::parse(&text).is_err());
     }
 }

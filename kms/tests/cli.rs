@@ -480,6 +480,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         (vec!["audit", "search", "--action", "key.*"], "audit.search"),
         (vec!["audit", "public-key"], "audit.public-key"),
         (vec!["audit", "checkpoint"], "audit.checkpoint"),
+        (vec!["sd", "list", "-t", "i"], "sd.list"),
     ];
     for (args, _) in &commands {
         let o = cli.run(args);
@@ -497,6 +498,21 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     assert_eq!(o.code, 2);
     let o = cli.run(&["key", "state", "-t", "i", "imk", "--to", "activate"]);
     assert_eq!(o.code, 3, "a refusal");
+    // TSM-DATA-1: releasing an SD nobody bound is refused at request time
+    // (and recorded as such).
+    let o = cli.run(&[
+        "sd",
+        "release",
+        "-t",
+        "i",
+        "--se-id",
+        "4090AB12",
+        "--sd-aid",
+        "A000000151",
+        "--reason",
+        "lost",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
 
     let records: Vec<serde_json::Value> = cli
         .ok(&["--json", "audit", "search", "--limit", "100000"])
@@ -519,6 +535,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         "request.approve",
         "request.execute",
         "derive.emv-card",
+        "request.create",
     ] {
         assert!(actions.contains(&action), "no {action} record");
     }
@@ -693,4 +710,29 @@ fn km7_pan_from_stdin_is_shown_masked_only() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("430474******3220"), "{}", o.stdout);
     assert!(!o.stdout.contains(pan) && !o.stderr.contains(pan));
+}
+
+/// The OpenAPI document the CLI prints is the one checked into docs/ (and
+/// served at /v1/openapi.json): regenerate it with
+/// `cargo run -p kms -- openapi > docs/openapi.json` when the API changes.
+#[test]
+fn the_checked_in_openapi_document_is_current() {
+    let cli = Cli::new();
+    let printed = cli.ok(&["openapi"]).stdout;
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap();
+    assert!(
+        printed == docs,
+        "docs/openapi.json is stale: run `cargo run -p kms -- openapi > docs/openapi.json`"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    for path in [
+        "/v1/sessions/scp02",
+        "/v1/sessions/scp03",
+        "/v1/card-keys/emv",
+        "/v1/keys",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
 }
