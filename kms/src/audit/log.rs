@@ -8,6 +8,7 @@ use crate::store::{NewKey, NewVersion, Presence, Store, StoreError, SYSTEM_ACTOR
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 /// The tenant of the KMS's own keys.
 pub const SYSTEM_TENANT: &str = "kms";
@@ -54,6 +55,8 @@ pub struct AuditLog {
     /// countersign. Never read back from the database: a record whose MAC
     /// a database writer blanked must not get a countersignature.
     unmaced: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The group-commit writer (under the user's login, with the MAC key).
+    batcher: Option<mpsc::Sender<Pending>>,
 }
 
 /// This node's name in records: $KMS_NODE, else the host name.
@@ -65,42 +68,107 @@ fn node_name() -> String {
     })
 }
 
-/// Append `event` as the chain's next record, MACed in the HSM when a key
-/// is given (the one place that builds records).
-async fn append(
+/// Append `events` as the chain's next records, MACed in the HSM when a key
+/// is given, in one transaction (the one place that builds records).
+async fn append_many(
     store: &Store,
-    node: String,
-    event: AuditEvent,
+    node: &str,
+    events: Vec<AuditEvent>,
     mac_key: Option<(Arc<Hsm>, KeyRef)>,
-) -> Result<AuditRecord, AuditError> {
+) -> Result<Vec<AuditRecord>, AuditError> {
     store
-        .append_audit(|seq, prev| async move {
-            let at = now_rfc3339();
-            let hash = AuditRecord::compute_hash(seq, &at, &node, &event, &prev);
-            let mac = match mac_key {
-                Some((hsm, key)) => {
-                    let h = hash.clone();
-                    let mac = tokio::task::spawn_blocking(move || {
-                        hsm.mac(&key, MacAlg::HmacSha256, h.as_bytes())
-                    })
-                    .await
-                    .map_err(|e| AuditError::Unwritable(e.to_string()))??;
-                    hex::encode_upper(mac)
+        .append_audit_batch(|first, prev| async move {
+            let mut recs = Vec::with_capacity(events.len());
+            let mut prev = prev;
+            for (seq, event) in (first..).zip(events) {
+                let at = now_rfc3339();
+                let hash = AuditRecord::compute_hash(seq, &at, node, &event, &prev);
+                recs.push(AuditRecord {
+                    seq,
+                    at,
+                    node: node.to_owned(),
+                    event,
+                    prev: std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                    mac: String::new(),
+                });
+            }
+            if let Some((hsm, key)) = mac_key {
+                // One blocking call (one PKCS#11 session) for the batch.
+                let hashes: Vec<String> = recs.iter().map(|r| r.hash.clone()).collect();
+                let macs = tokio::task::spawn_blocking(move || {
+                    hashes
+                        .iter()
+                        .map(|h| hsm.mac(&key, MacAlg::HmacSha256, h.as_bytes()))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|e| AuditError::Unwritable(e.to_string()))??;
+                for (r, m) in recs.iter_mut().zip(macs) {
+                    r.mac = hex::encode_upper(m);
                 }
-                None => String::new(),
-            };
-            Ok::<_, AuditError>(AuditRecord {
-                seq,
-                at,
-                node,
-                event,
-                prev,
-                hash,
-                mac,
-            })
+            }
+            Ok::<_, AuditError>(recs)
         })
         .await
         .map_err(|e| AuditError::Unwritable(e.to_string()))
+}
+
+/// Records waiting for the writer, and where each one's answer goes.
+struct Pending {
+    event: AuditEvent,
+    reply: oneshot::Sender<Result<AuditRecord, String>>,
+}
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// Group commit: one task per log appends whatever records are waiting in
+/// one transaction, so N concurrent acts cost one commit (one fsync on
+/// SQLite) instead of N. Each caller still gets its own record back only
+/// after the commit: write-ahead and fail-closed hold per record. The task
+/// holds the HSM weakly, so dropping the last log releases the token (and
+/// its login) at once; it ends when the last log is dropped.
+async fn writer(
+    store: Store,
+    node: String,
+    hsm: std::sync::Weak<Hsm>,
+    key: KeyRef,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (events, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.event, p.reply)).unzip();
+        let result = match hsm.upgrade() {
+            Some(h) => append_many(&store, &node, events, Some((h, key))).await,
+            None => Err(AuditError::Unwritable("the HSM is closed".into())),
+        };
+        match result {
+            Ok(recs) => {
+                for (reply, rec) in replies.into_iter().zip(recs) {
+                    let _ = reply.send(Ok(rec));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn one(mut recs: Vec<AuditRecord>) -> Result<AuditRecord, AuditError> {
+    recs.pop()
+        .ok_or_else(|| AuditError::Unwritable("no record was written".into()))
 }
 
 fn now_rfc3339() -> String {
@@ -121,6 +189,7 @@ impl AuditLog {
             node,
             keys: None,
             unmaced: Arc::new(std::sync::Mutex::new(Vec::new())),
+            batcher: None,
         };
         if log.hsm.role() == Role::User {
             let mac = log
@@ -130,6 +199,15 @@ impl AuditLog {
                 .system_key(SIGNING_KEY, Algorithm::EcP256, KeyUsage::Signing)
                 .await?;
             log.keys = Some(AuditKeys { mac, signing });
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(writer(
+                log.store.clone(),
+                log.node.clone(),
+                Arc::downgrade(&log.hsm),
+                mac,
+                rx,
+            ));
+            log.batcher = Some(tx);
         }
         Ok(log)
     }
@@ -219,8 +297,20 @@ impl AuditLog {
     /// Append one record. Fail closed: an error here means the caller must
     /// not go on with the act.
     pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
-        let mac_key = self.keys.map(|k| (self.hsm.clone(), k.mac));
-        let rec = append(&self.store, self.node.clone(), event, mac_key).await?;
+        let rec = match &self.batcher {
+            Some(tx) => {
+                let stopped = || AuditError::Unwritable("the audit writer stopped".into());
+                let (reply, answer) = oneshot::channel();
+                tx.send(Pending { event, reply })
+                    .await
+                    .map_err(|_| stopped())?;
+                answer
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(AuditError::Unwritable)?
+            }
+            None => one(append_many(&self.store, &self.node, vec![event], None).await?)?,
+        };
         if rec.mac.is_empty() {
             if let Ok(mut u) = self.unmaced.lock() {
                 u.push(format!("{}:{}", rec.seq, rec.hash));
@@ -242,7 +332,7 @@ impl AuditLog {
         store: &Store,
         event: AuditEvent,
     ) -> Result<AuditRecord, AuditError> {
-        append(store, node_name(), event, None).await
+        one(append_many(store, &node_name(), vec![event], None).await?)
     }
 
     /// A keyed hash of a PAN (HMAC in the HSM under the audit key), so a

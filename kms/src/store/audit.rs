@@ -23,14 +23,17 @@ pub struct AuditFilter {
 }
 
 impl Store {
-    /// Append one record. `build(seq, prev)` makes the record (hash and HSM
-    /// MAC included) while this node holds the chain's head lock, so the
-    /// chain stays linear across concurrent writers and nodes. Nothing is
-    /// written if `build` fails.
-    pub async fn append_audit<F, Fut, E>(&self, build: F) -> Result<AuditRecord, E>
+    /// Append records. `build(next_seq, prev)` makes them (hashes and HSM
+    /// MACs included, chained from `prev`, numbered from `next_seq`) while
+    /// this node holds the chain's head lock, so the chain stays linear
+    /// across concurrent writers and nodes; they are committed in one
+    /// transaction (group commit: one fsync for many records). Nothing is
+    /// written if `build` fails or returns records that do not continue the
+    /// chain.
+    pub async fn append_audit_batch<F, Fut, E>(&self, build: F) -> Result<Vec<AuditRecord>, E>
     where
         F: FnOnce(u64, String) -> Fut,
-        Fut: Future<Output = Result<AuditRecord, E>>,
+        Fut: Future<Output = Result<Vec<AuditRecord>, E>>,
         E: From<StoreError>,
     {
         let mut tx = self.begin_write().await.map_err(E::from)?;
@@ -45,46 +48,56 @@ impl Store {
         let seq: i64 = head.try_get("seq").map_err(|e| E::from(e.into()))?;
         let prev: String = head.try_get("hash").map_err(|e| E::from(e.into()))?;
         let next = u64::try_from(seq).unwrap_or(0) + 1;
-        let rec = build(next, prev).await?;
-        let body = serde_json::to_string(&rec).map_err(|e| {
+        let recs = build(next, prev.clone()).await?;
+        let invalid = |why: String| {
             E::from(StoreError::Invalid {
                 what: "audit record",
-                why: e.to_string(),
+                why,
             })
-        })?;
-        let seq_i = i64::try_from(rec.seq).map_err(|_| {
-            E::from(StoreError::Invalid {
-                what: "audit sequence",
-                why: "out of range".into(),
-            })
-        })?;
-        sqlx::query(
-            "INSERT INTO audit_records (seq, at, node, actor, action, outcome, tenant, request_id, body, prev, hash, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(seq_i)
-        .bind(&rec.at)
-        .bind(&rec.node)
-        .bind(&rec.event.actor)
-        .bind(&rec.event.action)
-        .bind(rec.event.outcome.map(Outcome::as_str).unwrap_or("success"))
-        .bind(rec.event.tenant.as_deref())
-        .bind(rec.event.request_id.as_deref())
-        .bind(&body)
-        .bind(&rec.prev)
-        .bind(&rec.hash)
-        .bind(&rec.mac)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| E::from(e.into()))?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        };
+        let (mut want_seq, mut want_prev) = (next, prev);
+        for rec in &recs {
+            if rec.seq != want_seq || rec.prev != want_prev {
+                return Err(invalid(format!(
+                    "record {} does not continue the chain at {want_seq}",
+                    rec.seq
+                )));
+            }
+            let body = serde_json::to_string(rec).map_err(|e| invalid(e.to_string()))?;
+            let seq_i = i64::try_from(rec.seq).map_err(|_| invalid("seq out of range".into()))?;
+            sqlx::query(
+                "INSERT INTO audit_records (seq, at, node, actor, action, outcome, tenant, request_id, body, prev, hash, mac) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
             .bind(seq_i)
+            .bind(&rec.at)
+            .bind(&rec.node)
+            .bind(&rec.event.actor)
+            .bind(&rec.event.action)
+            .bind(rec.event.outcome.map(Outcome::as_str).unwrap_or("success"))
+            .bind(rec.event.tenant.as_deref())
+            .bind(rec.event.request_id.as_deref())
+            .bind(&body)
+            .bind(&rec.prev)
             .bind(&rec.hash)
+            .bind(&rec.mac)
             .execute(&mut *tx)
             .await
             .map_err(|e| E::from(e.into()))?;
+            want_seq += 1;
+            want_prev = rec.hash.clone();
+        }
+        if let Some(last) = recs.last() {
+            let seq_i = i64::try_from(last.seq).map_err(|_| invalid("seq out of range".into()))?;
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(seq_i)
+                .bind(&last.hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| E::from(e.into()))?;
+        }
         tx.commit().await.map_err(|e| E::from(e.into()))?;
-        Ok(rec)
+        Ok(recs)
     }
 
     /// The chain's head as recorded: (seq, hash).
