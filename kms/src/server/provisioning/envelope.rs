@@ -53,7 +53,11 @@ pub(super) struct Admitted {
 }
 
 /// The record of a refusal made here, with what is known of the request.
-fn base_event(peer: &Peer, action: &'static str, request_id: Option<&str>) -> AuditEvent {
+pub(super) fn base_event(
+    peer: &Peer,
+    action: &'static str,
+    request_id: Option<&str>,
+) -> AuditEvent {
     AuditEvent {
         actor: peer
             .principal

@@ -41,8 +41,30 @@ fn kdd(s: Option<&str>) -> Result<Option<Kdd>, String> {
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| {
-        // serde_json's message names the field and position, never a value.
-        format!("the body is not this endpoint's JSON: {e}")
+        // The detail goes to the caller and into the audit record, so it
+        // never quotes a value: serde_json's messages about a value of the
+        // wrong type or variant do ("invalid type: integer `5413...`,
+        // expected a string": a PAN sent as a number). Messages about a
+        // field name only the field; for the rest, say what and where.
+        let msg = e.to_string();
+        let about_a_field = ["unknown field", "missing field", "duplicate field"]
+            .iter()
+            .any(|p| msg.starts_with(p));
+        if about_a_field {
+            return format!("the body is not this endpoint's JSON: {msg}");
+        }
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax => "it is not valid JSON",
+            serde_json::error::Category::Eof => "it ends early",
+            serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                "a value has the wrong type or is not one of the allowed values"
+            }
+        };
+        format!(
+            "the body is not this endpoint's JSON: {what} (line {}, column {})",
+            e.line(),
+            e.column()
+        )
     })
 }
 

@@ -6,7 +6,9 @@
 //!    caller's request id are signed in the HSM (INT-1, `signer.rs`);
 //! 2. `shed`: at most `max_in_flight` requests are served at once; past it,
 //!    503 `overloaded` at once (`limits.rs`);
-//! 3. the common layers (metrics, timeout, body limit, problem+json);
+//! 3. the common layers (metrics, timeout, body limit, problem+json); a
+//!    body over the limit is refused there, before admission, and recorded
+//!    here (`early_refusals`);
 //! 4. admission (`envelope.rs`): a provisioner principal, its rate (429),
 //!    the request id and timestamp (REPLAY-1, database-backed);
 //! 5. the handler (`handlers.rs`): JSON checked, each key authorized by the
@@ -22,13 +24,14 @@ mod signer;
 pub(crate) use signer::ResponseSigner;
 
 use super::admin::{self, AppState};
+use super::conn::Peer;
 use super::problem::Code;
-use super::{Context, Listener};
+use super::{Context, Listener, BODY_LIMIT};
 use crate::authz::Authorizer;
 use crate::config::ProvisioningLimits;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -76,8 +79,49 @@ pub(crate) fn router(
         .route("/v1/openapi.json", get(handlers::openapi))
         .with_state(st.clone());
     admin::wrap(admin::health_routes(app.clone()).merge(routes), app)
+        .layer(middleware::from_fn_with_state(st.clone(), early_refusals))
         .layer(middleware::from_fn_with_state(st.clone(), shed))
         .layer(middleware::from_fn_with_state(st, sign))
+}
+
+/// The audit action of a request, from its path (as its handler names it).
+fn action_of(path: &str) -> &'static str {
+    match path {
+        "/v1/sessions/scp02" => "session.scp02",
+        "/v1/sessions/scp03" => "session.scp03",
+        "/v1/card-keys/emv" => "derive.emv-card-keys",
+        "/v1/keys" => "key.list",
+        p if p.starts_with("/v1/keys/") => "key.show",
+        _ => "api.request",
+    }
+}
+
+/// A body over the limit is refused by the common layers before admission
+/// (from its Content-Length, before it is read). Record that refusal like
+/// admission's, within the refusal budget (sending one costs nothing, and
+/// the rate limit has not been applied yet), and answer it with the
+/// caller's request id like every other problem of this listener.
+async fn early_refusals(State(st): State<ProvState>, req: Request, next: Next) -> Response {
+    let rid = envelope::request_id_of(req.headers()).map(str::to_owned);
+    let peer = req.extensions().get::<Peer>().cloned();
+    let action = action_of(req.uri().path());
+    let res = next.run(req).await;
+    if res.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return res;
+    }
+    let code = Code::PayloadTooLarge;
+    let detail = format!("request bodies are limited to {BODY_LIMIT} bytes");
+    st.ctx.metrics.refused(code.as_str());
+    if let (Some(peer), Some(suppressed)) = (&peer, st.ctx.refusals.take()) {
+        let mut e = envelope::base_event(peer, action, rid.as_deref());
+        e.outcome = Some(crate::audit::Outcome::Refused);
+        e.reason = Some(detail.clone());
+        e.details.insert("code".into(), code.as_str().to_owned());
+        e.details
+            .insert("suppressed_since_last".into(), suppressed.to_string());
+        let _ = st.ctx.record(e).await;
+    }
+    envelope::problem(code, detail, rid.as_deref())
 }
 
 /// Refuse at once past the in-flight bound. Not recorded one by one (that
