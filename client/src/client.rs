@@ -833,11 +833,13 @@ impl Connection {
                     },
                 },
             };
-            if reconnected {
-                return Err(link.fail(err).await);
+            let err = link.fail(err).await;
+            // A TLS alert (a refused certificate) is the server's answer,
+            // not an idle close: trying again would only be refused again.
+            if reconnected || matches!(err, ClientError::Tls(_)) {
+                return Err(err);
             }
             reconnected = true;
-            drop(link);
             link = Link::open(&self.transport).await?;
             req = unsent;
         }
