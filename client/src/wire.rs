@@ -140,7 +140,8 @@ pub struct WrappedKey {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Wrapping {
     pub transport_kek: String,
-    /// The mechanism: `aes-kwp`, `aes-kw`, `rsa-oaep-sha1`, `tdes-cbc`.
+    /// The mechanism: `aes-kwp` for an AES transport KEK, `tdes-cbc` for a
+    /// TDES one (a trusted transport KEK is always a secret key).
     pub algorithm: String,
 }
 

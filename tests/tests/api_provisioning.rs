@@ -1598,6 +1598,16 @@ async fn replay_1_an_scp02_sequence_counter_that_does_not_increase_is_refused() 
         );
         assert_eq!(p.snapshot().await, before, "{label}");
     }
+    // A KDD the undiversified keys do not use buys no fresh counter: the
+    // replay state's card is what determines the keys.
+    let mut with_kdd = scp02_card_says("card-1", x, seq, card);
+    with_kdd.kdd = Some("0102030405060708090A".into());
+    let id = rid("seq-kdd");
+    let r = p
+        .send(&mut c, with_id(post(SCP02_PATH, &with_kdd), &id))
+        .await;
+    assert_problem(&r, 409, "sequence-counter");
+    assert_eq!(p.snapshot().await, before, "kdd");
     // Higher: served, with the keys and host cryptogram of that counter.
     let higher = seq_plus(seq, 1);
     let r = p

@@ -14,7 +14,8 @@ use super::audited::{no_mentions, Act};
 use super::{Actor, KeyService, ServiceError, SessionRefusal, WrappedKey};
 use crate::audit::{AuditEvent, Outcome};
 use crate::derivation::{
-    Handshake, Kdd, KmcDiversification, Scp02Handshake, Scp03Handshake, StaticKeySource, WrappedOut,
+    emv_cps11_data, kdf3_message, visa2_data, Handshake, Kdd, KmcDiversification, Scp02Handshake,
+    Scp03Handshake, SdKeyKind, StaticKeySource, WrappedOut,
 };
 use crate::hsm::WrapAlg;
 use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, Tenant};
@@ -191,14 +192,59 @@ fn card_cryptogram_refused() -> ServiceError {
     ServiceError::Session(SessionRefusal::CardCryptogram)
 }
 
-/// The card a session is for, as the replay state knows it: the static
-/// keys identify the card, so it is the key set with, when they are
-/// diversified, the method and the KDD (undiversified static keys are one
-/// card's own).
-fn card_id(key_set: &KeyName, method: &str, kdd: Option<&Kdd>) -> String {
-    match kdd {
-        Some(k) => format!("{key_set}/{method}/{}", k.to_hex()),
-        None => key_set.to_string(),
+/// The card a session is for, as the replay state knows it. It must be
+/// exactly what determines the card's static keys, so that no variation of
+/// the request gives the same keys a fresh counter or challenge history:
+/// undiversified static keys are one card's own, whatever KDD is sent;
+/// diversified ones are determined by the KMC, the method and the bytes of
+/// the KDD that the method uses (EMV CPS 1.1 ignores KDD[0..4], VISA2
+/// KDD[2..4] and KDD[8..10]), i.e. by the ENC key's derivation data.
+fn card_id(key_set: &KeyName, method: KmcMethod, kdd: Option<&Kdd>) -> String {
+    let data = match (method, kdd) {
+        (KmcMethod::None, _) | (_, None) => return key_set.to_string(),
+        (KmcMethod::EmvCps11, Some(k)) => emv_cps11_data(k, SdKeyKind::Enc),
+        (KmcMethod::Visa2, Some(k)) => visa2_data(k, SdKeyKind::Enc),
+        (KmcMethod::Kdf3, Some(k)) => kdf3_message(k, SdKeyKind::Enc),
+    };
+    format!("{key_set}/{}/{}", method.as_str(), hex::encode_upper(data))
+}
+
+/// The diversification of a request, for [`card_id`].
+#[derive(Debug, Clone, Copy)]
+enum KmcMethod {
+    None,
+    EmvCps11,
+    Visa2,
+    Kdf3,
+}
+
+impl KmcMethod {
+    fn as_str(self) -> &'static str {
+        match self {
+            KmcMethod::None => "none",
+            KmcMethod::EmvCps11 => "emv-cps11",
+            KmcMethod::Visa2 => "visa2",
+            KmcMethod::Kdf3 => "kdf3",
+        }
+    }
+}
+
+impl From<Scp02Diversification> for KmcMethod {
+    fn from(d: Scp02Diversification) -> Self {
+        match d {
+            Scp02Diversification::None => KmcMethod::None,
+            Scp02Diversification::EmvCps11 => KmcMethod::EmvCps11,
+            Scp02Diversification::Visa2 => KmcMethod::Visa2,
+        }
+    }
+}
+
+impl From<Scp03Diversification> for KmcMethod {
+    fn from(d: Scp03Diversification) -> Self {
+        match d {
+            Scp03Diversification::None => KmcMethod::None,
+            Scp03Diversification::Kdf3 => KmcMethod::Kdf3,
+        }
     }
 }
 
@@ -346,7 +392,7 @@ impl KeyService {
         let (kek, alg) = self.transport_kek(&req.tenant, &req.transport_kek).await?;
         // REPLAY-1: a counter at or below the card's last is refused before
         // the token is asked anything; the atomic advance below settles races.
-        let card = card_id(&req.key_set, req.diversification.as_str(), req.kdd.as_ref());
+        let card = card_id(&req.key_set, req.diversification.into(), req.kdd.as_ref());
         let got = u16::from_be_bytes(req.sequence_counter);
         let tenant = req.tenant.as_str();
         if let Some(last) = self.store.scp02_counter(tenant, &card).await? {
@@ -422,7 +468,7 @@ impl KeyService {
         {
             Handshake::CardCryptogramMismatch => Err(card_cryptogram_refused()),
             Handshake::Established(k) => {
-                let card = card_id(&req.key_set, req.diversification.as_str(), req.kdd.as_ref());
+                let card = card_id(&req.key_set, req.diversification.into(), req.kdd.as_ref());
                 let reused = self
                     .card_challenge_seen(&req.tenant, &card, &req.card_challenge)
                     .await?;
@@ -498,5 +544,44 @@ impl KeyService {
         .detail("card_challenge", hex::encode_upper(req.card_challenge));
         self.audited(act, self.scp03_session_now(&req, names), no_mentions)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kdd(hex: &str) -> Kdd {
+        Kdd::parse_hex(hex).unwrap()
+    }
+
+    /// REPLAY-1: the replay state's card is what determines the card's
+    /// keys, so bytes a method ignores cannot buy a fresh counter.
+    #[test]
+    fn replay_1_the_card_id_ignores_exactly_what_the_keys_ignore() {
+        let ks = KeyName::parse("ks").unwrap();
+        let a = kdd("00010203040506070809");
+        // Undiversified: the KDD plays no part.
+        assert_eq!(
+            card_id(&ks, KmcMethod::None, Some(&a)),
+            card_id(&ks, KmcMethod::None, None)
+        );
+        // EMV CPS 1.1 ignores KDD[0..4].
+        let cps = |k: &Kdd| card_id(&ks, KmcMethod::EmvCps11, Some(k));
+        assert_eq!(cps(&a), cps(&kdd("FFFFFFFF040506070809")));
+        assert_ne!(cps(&a), cps(&kdd("00010203FF0506070809")));
+        // VISA2 ignores KDD[2..4] and KDD[8..10].
+        let v2 = |k: &Kdd| card_id(&ks, KmcMethod::Visa2, Some(k));
+        assert_eq!(v2(&a), v2(&kdd("0001FFFF04050607FFFF")));
+        assert_ne!(v2(&a), v2(&kdd("FF010203040506070809")));
+        assert_ne!(v2(&a), v2(&kdd("00010203040506FF0809")));
+        // KDF3 uses all of it.
+        let k3 = |k: &Kdd| card_id(&ks, KmcMethod::Kdf3, Some(k));
+        assert_ne!(k3(&a), k3(&kdd("FF010203040506070809")));
+        assert_ne!(k3(&a), k3(&kdd("000102030405060708FF")));
+        // The method and the key set are part of it.
+        assert_ne!(cps(&a), v2(&a));
+        let other = KeyName::parse("ks2").unwrap();
+        assert_ne!(cps(&a), card_id(&other, KmcMethod::EmvCps11, Some(&a)));
     }
 }
