@@ -94,7 +94,7 @@ fn static_keys(key_set: &KeyName, diversified: bool) -> Result<Vec<(KeyName, Key
         .collect()
 }
 
-/// Admission, body and tenant: what every derivation endpoint starts with.
+/// Admission, body and tenant: what every endpoint with a body starts with.
 async fn start<T: DeserializeOwned>(
     st: &ProvState,
     peer: &Peer,
@@ -109,8 +109,45 @@ async fn start<T: DeserializeOwned>(
     }
 }
 
-fn tenant_of(adm: &Admitted, named: Option<&str>) -> Result<Tenant, String> {
-    adm.tenant(named)
+/// A derivation request as checked: the service's request, its tenant, and
+/// the keys it names with the role each plays (for the policy).
+struct Checked<R> {
+    req: R,
+    tenant: Tenant,
+    keys: Vec<(KeyName, KeyRole)>,
+}
+
+/// The one path of every derivation endpoint: admission, the body, its
+/// values (`check`), the policy for each key, then the service (`run`).
+/// Every refusal on the way is recorded by the envelope.
+#[allow(clippy::too_many_arguments)]
+async fn derivation<W, R, F, Fut>(
+    st: &ProvState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    body: &[u8],
+    action: &'static str,
+    policy_action: ProvisioningAction,
+    check: impl FnOnce(&Admitted, W) -> Result<Checked<R>, String>,
+    run: F,
+) -> Response
+where
+    W: DeserializeOwned,
+    F: FnOnce(Admitted, R) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let (adm, w) = match start::<W>(st, peer, headers, action, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let c = match check(&adm, w) {
+        Ok(c) => c,
+        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
+    };
+    match adm.authorize(policy_action, &c.tenant, &c.keys).await {
+        Ok(adm) => run(adm, c.req).await,
+        Err(r) => r,
+    }
 }
 
 pub(super) async fn scp02(
@@ -119,21 +156,9 @@ pub(super) async fn scp02(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (adm, w) = match start::<wire::Scp02SessionRequest>(
-        &st,
-        &peer,
-        &headers,
-        "session.scp02",
-        &body,
-    )
-    .await
-    {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let parsed = (|| -> Result<Scp02Request, String> {
-        Ok(Scp02Request {
-            tenant: tenant_of(&adm, w.tenant.as_deref())?,
+    let check = |adm: &Admitted, w: wire::Scp02SessionRequest| {
+        let req = Scp02Request {
+            tenant: adm.tenant(w.tenant.as_deref())?,
             key_set: name("key_set", &w.key_set)?,
             diversification: match w.diversification {
                 wire::Scp02Diversification::None => Scp02Diversification::None,
@@ -146,41 +171,45 @@ pub(super) async fn scp02(
             card_challenge: bytes("card_challenge", &w.card_challenge)?,
             card_cryptogram: bytes("card_cryptogram", &w.card_cryptogram)?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
+        };
+        let mut keys = static_keys(
+            &req.key_set,
+            req.diversification != Scp02Diversification::None,
+        )?;
+        keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
+        Ok(Checked {
+            tenant: req.tenant.clone(),
+            keys,
+            req,
         })
-    })();
-    let req = match parsed {
-        Ok(r) => r,
-        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
     };
-    let mut keys = match static_keys(
-        &req.key_set,
-        req.diversification != Scp02Diversification::None,
-    ) {
-        Ok(k) => k,
-        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
+    let run = |adm: Admitted, req: Scp02Request| async move {
+        let kek = req.transport_kek.clone();
+        match adm.svc.scp02_session(&adm.actor, req).await {
+            Ok(s) => Json(wire::Scp02SessionResponse {
+                s_enc: out(s.s_enc),
+                c_mac: out(s.c_mac),
+                r_mac: out(s.r_mac),
+                dek: out(s.dek),
+                host_cryptogram: s.host_cryptogram,
+                card_challenge_reused: s.card_challenge_reused,
+                wrapping: wrapping(&kek, s.wrap),
+            })
+            .into_response(),
+            Err(e) => adm.service_error(e),
+        }
     };
-    keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
-    let adm = match adm
-        .authorize(ProvisioningAction::Scp02Session, &req.tenant, &keys)
-        .await
-    {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kek = req.transport_kek.clone();
-    match adm.svc.scp02_session(&adm.actor, req).await {
-        Ok(s) => Json(wire::Scp02SessionResponse {
-            s_enc: out(s.s_enc),
-            c_mac: out(s.c_mac),
-            r_mac: out(s.r_mac),
-            dek: out(s.dek),
-            host_cryptogram: s.host_cryptogram,
-            card_challenge_reused: s.card_challenge_reused,
-            wrapping: wrapping(&kek, s.wrap),
-        })
-        .into_response(),
-        Err(e) => adm.service_error(e),
-    }
+    derivation(
+        &st,
+        &peer,
+        &headers,
+        &body,
+        "session.scp02",
+        ProvisioningAction::Scp02Session,
+        check,
+        run,
+    )
+    .await
 }
 
 pub(super) async fn scp03(
@@ -189,21 +218,9 @@ pub(super) async fn scp03(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (adm, w) = match start::<wire::Scp03SessionRequest>(
-        &st,
-        &peer,
-        &headers,
-        "session.scp03",
-        &body,
-    )
-    .await
-    {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let parsed = (|| -> Result<Scp03Request, String> {
-        Ok(Scp03Request {
-            tenant: tenant_of(&adm, w.tenant.as_deref())?,
+    let check = |adm: &Admitted, w: wire::Scp03SessionRequest| {
+        let req = Scp03Request {
+            tenant: adm.tenant(w.tenant.as_deref())?,
             key_set: name("key_set", &w.key_set)?,
             diversification: match w.diversification {
                 wire::Scp03Diversification::None => Scp03Diversification::None,
@@ -214,41 +231,45 @@ pub(super) async fn scp03(
             card_challenge: bytes("card_challenge", &w.card_challenge)?,
             card_cryptogram: bytes("card_cryptogram", &w.card_cryptogram)?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
+        };
+        let mut keys = static_keys(
+            &req.key_set,
+            req.diversification != Scp03Diversification::None,
+        )?;
+        keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
+        Ok(Checked {
+            tenant: req.tenant.clone(),
+            keys,
+            req,
         })
-    })();
-    let req = match parsed {
-        Ok(r) => r,
-        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
     };
-    let mut keys = match static_keys(
-        &req.key_set,
-        req.diversification != Scp03Diversification::None,
-    ) {
-        Ok(k) => k,
-        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
+    let run = |adm: Admitted, req: Scp03Request| async move {
+        let kek = req.transport_kek.clone();
+        match adm.svc.scp03_session(&adm.actor, req).await {
+            Ok(s) => Json(wire::Scp03SessionResponse {
+                s_enc: out(s.s_enc),
+                s_mac: out(s.s_mac),
+                s_rmac: out(s.s_rmac),
+                static_dek: out(s.static_dek),
+                host_cryptogram: s.host_cryptogram,
+                card_challenge_reused: s.card_challenge_reused,
+                wrapping: wrapping(&kek, s.wrap),
+            })
+            .into_response(),
+            Err(e) => adm.service_error(e),
+        }
     };
-    keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
-    let adm = match adm
-        .authorize(ProvisioningAction::Scp03Session, &req.tenant, &keys)
-        .await
-    {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kek = req.transport_kek.clone();
-    match adm.svc.scp03_session(&adm.actor, req).await {
-        Ok(s) => Json(wire::Scp03SessionResponse {
-            s_enc: out(s.s_enc),
-            s_mac: out(s.s_mac),
-            s_rmac: out(s.s_rmac),
-            static_dek: out(s.static_dek),
-            host_cryptogram: s.host_cryptogram,
-            card_challenge_reused: s.card_challenge_reused,
-            wrapping: wrapping(&kek, s.wrap),
-        })
-        .into_response(),
-        Err(e) => adm.service_error(e),
-    }
+    derivation(
+        &st,
+        &peer,
+        &headers,
+        &body,
+        "session.scp03",
+        ProvisioningAction::Scp03Session,
+        check,
+        run,
+    )
+    .await
 }
 
 pub(super) async fn emv_card_keys(
@@ -257,65 +278,60 @@ pub(super) async fn emv_card_keys(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (adm, w) = match start::<wire::EmvCardKeysRequest>(
-        &st,
-        &peer,
-        &headers,
-        "derive.emv-card-keys",
-        &body,
-    )
-    .await
-    {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let parsed = (|| -> Result<EmvCardKeysRequest, String> {
+    let check = |adm: &Admitted, w: wire::EmvCardKeysRequest| {
         if w.psn > 99 {
-            return Err("psn must be 0 to 99".into());
+            return Err("psn must be 0 to 99".to_owned());
         }
-        Ok(EmvCardKeysRequest {
-            tenant: tenant_of(&adm, w.tenant.as_deref())?,
+        let req = EmvCardKeysRequest {
+            tenant: adm.tenant(w.tenant.as_deref())?,
             issuer_keys: name("issuer_keys", &w.issuer_keys)?,
             pan: Pan::parse(&w.pan).map_err(|e| e.to_string())?,
             psn: w.psn,
             sd: SdRef::parse(&w.se_id, &w.sd_aid).map_err(|e| e.to_string())?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
+        };
+        let mut keys = ["ac", "smi", "smc"]
+            .iter()
+            .map(|s| {
+                name("issuer_keys", &format!("{}-{s}", req.issuer_keys))
+                    .map(|n| (n, KeyRole::IssuerMasterKey))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
+        Ok(Checked {
+            tenant: req.tenant.clone(),
+            keys,
+            req,
         })
-    })();
-    let req = match parsed {
-        Ok(r) => r,
-        Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
     };
-    let mut keys = Vec::with_capacity(4);
-    for s in ["ac", "smi", "smc"] {
-        match name("issuer_keys", &format!("{}-{s}", req.issuer_keys)) {
-            Ok(n) => keys.push((n, KeyRole::IssuerMasterKey)),
-            Err(e) => return adm.refuse(Code::InvalidRequest, e).await,
+    let run = |adm: Admitted, req: EmvCardKeysRequest| async move {
+        let kek = req.transport_kek.clone();
+        let (pan_masked, psn) = (req.pan.masked(), req.psn);
+        match adm.svc.emv_card_keys(&adm.actor, req).await {
+            Ok(k) => Json(wire::EmvCardKeysResponse {
+                pan_masked,
+                psn,
+                icc_mk_ac: out(k.ac),
+                icc_mk_smi: out(k.smi),
+                icc_mk_smc: out(k.smc),
+                binding: k.binding.as_str().to_owned(),
+                wrapping: wrapping(&kek, k.wrap),
+            })
+            .into_response(),
+            Err(e) => adm.service_error(e),
         }
-    }
-    keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
-    let adm = match adm
-        .authorize(ProvisioningAction::EmvCardKeys, &req.tenant, &keys)
-        .await
-    {
-        Ok(a) => a,
-        Err(r) => return r,
     };
-    let kek = req.transport_kek.clone();
-    let (pan_masked, psn) = (req.pan.masked(), req.psn);
-    match adm.svc.emv_card_keys(&adm.actor, req).await {
-        Ok(k) => Json(wire::EmvCardKeysResponse {
-            pan_masked,
-            psn,
-            icc_mk_ac: out(k.ac),
-            icc_mk_smi: out(k.smi),
-            icc_mk_smc: out(k.smc),
-            binding: k.binding.as_str().to_owned(),
-            wrapping: wrapping(&kek, k.wrap),
-        })
-        .into_response(),
-        Err(e) => adm.service_error(e),
-    }
+    derivation(
+        &st,
+        &peer,
+        &headers,
+        &body,
+        "derive.emv-card-keys",
+        ProvisioningAction::EmvCardKeys,
+        check,
+        run,
+    )
+    .await
 }
 
 fn metadata(r: &KeyRecord) -> Option<wire::KeyMetadata> {
