@@ -736,3 +736,34 @@ fn the_checked_in_openapi_document_is_current() {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 }
+
+/// `kms bench --api` runs end to end on a fresh token: every row measured
+/// something, an API request writes exactly its attempt and outcome
+/// records, and afterwards the token holds what it held before. No timing
+/// is asserted.
+#[test]
+fn bench_api_measures_every_row_and_leaves_the_token_as_it_was() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let objects = |cli: &Cli| cli.json(&["status"])["objects_on_token"].as_u64();
+    let before = objects(&cli);
+    let b = cli.json(&["bench", "--api", "--seconds", "0.2", "--concurrency", "2"]);
+    let rows = b["rows"].as_array().unwrap();
+    // 3 rows (raw, key layer, audit) and 9 for --api, each with 1 and 2 callers.
+    assert_eq!(rows.len(), 2 * (3 + 9), "{b}");
+    for r in rows {
+        assert!(r["ops"].as_u64().unwrap() > 0, "nothing measured: {r}");
+    }
+    let api: Vec<_> = rows
+        .iter()
+        .filter(|r| r["what"].as_str().unwrap().starts_with("api:"))
+        .collect();
+    assert_eq!(api.len(), 2);
+    for r in api {
+        assert_eq!(r["audit_records_per_op"].as_f64(), Some(2.0), "{r}");
+        assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
+    }
+    assert_eq!(b["api"]["breakdown"]["parts"].as_array().unwrap().len(), 9);
+    assert!(b["api"]["api_over_raw_1"].as_f64().unwrap() > 0.0);
+    assert_eq!(objects(&cli), before, "the bench left objects on the token");
+}

@@ -352,6 +352,12 @@ pub struct BenchArgs {
     /// Concurrent callers for the N-caller rows.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Also measure the provisioning API: POST /v1/card-keys/emv on an
+    /// in-process mTLS server (temporary development PKI, loopback) driven
+    /// by 1 and N reference clients, beside the raw token rate of the same
+    /// work and the separately measured rates of a request's other parts.
+    #[arg(long)]
+    pub api: bool,
 }
 
 pub fn run() -> ExitCode {

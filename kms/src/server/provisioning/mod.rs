@@ -183,7 +183,12 @@ async fn sign(State(st): State<ProvState>, req: Request, next: Next) -> Response
     if let Ok(v) = HeaderValue::from_str(st.signer.key_id()) {
         h.insert(wire::SIGNATURE_KEY, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    // Echoed only when the request had a valid one (the signature then
+    // covers the empty id).
+    if let Some(v) = Some(&rid)
+        .filter(|r| !r.is_empty())
+        .and_then(|r| HeaderValue::from_str(r).ok())
+    {
         h.insert(wire::REQUEST_ID, v);
     }
     Response::from_parts(parts, Body::from(bytes))
