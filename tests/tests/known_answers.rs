@@ -273,3 +273,75 @@ async fn km7_no_derived_key_outlives_its_request() {
     assert_eq!(hsm.object_count().unwrap(), before + 1);
     hsm.destroy(probe.object_id).unwrap();
 }
+
+/// `derive sd-keys` offers what the sessions offer: VISA2 for a TDES KMC,
+/// and KDF3 static keys as long as the AES KMC (here AES-192 and AES-256),
+/// checked against the software references.
+#[tokio::test(flavor = "multi_thread")]
+async fn km2_sd_keys_visa2_and_long_kdf3_match_the_software_references() {
+    use kms_e2e::reference::{kdf3_diversify, visa2_diversify};
+    let mut kms = TestKms::new().await;
+    kms.trusted_kek("issuer-a", "transport", Algorithm::Aes128, &TRANSPORT)
+        .await;
+    let kdd: [u8; 10] = [0x00, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
+    let tdes_kmc: [u8; 16] = [
+        0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E,
+        0x4F,
+    ];
+    let aes192: Vec<u8> = (0x10u8..0x28).collect();
+    let aes256: Vec<u8> = (0x30u8..0x50).collect();
+    let cases: [(&str, Algorithm, &[u8], SdDiversification); 3] = [
+        (
+            "kmc-v2",
+            Algorithm::Tdes2,
+            &tdes_kmc,
+            SdDiversification::Visa2,
+        ),
+        (
+            "kmc-192",
+            Algorithm::Aes192,
+            &aes192,
+            SdDiversification::Kdf3,
+        ),
+        (
+            "kmc-256",
+            Algorithm::Aes256,
+            &aes256,
+            SdDiversification::Kdf3,
+        ),
+    ];
+    for (n, alg, value, method) in cases {
+        kms.import("issuer-a", n, alg, KeyUsage::SdKmc, false, value)
+            .await;
+        let keys = kms
+            .svc()
+            .sd_static_keys(
+                &actor("provisioner"),
+                &tenant("issuer-a"),
+                &name(n),
+                method,
+                &Kdd::parse_hex(&hex::encode(kdd)).unwrap(),
+                &name("transport"),
+            )
+            .await
+            .unwrap();
+        let want = match method {
+            SdDiversification::Visa2 => visa2_diversify(&tdes_kmc, &kdd),
+            _ => kdf3_diversify(value, &kdd),
+        };
+        for (got, want) in keys.iter().zip([&want.enc, &want.mac, &want.dek]) {
+            let clear = unwrap_hex(&got.wrapped);
+            if method == SdDiversification::Visa2 {
+                assert!(same_des_key(&clear, want), "{n} {}", got.kind);
+            } else {
+                assert_eq!(
+                    clear.len(),
+                    value.len(),
+                    "{n} {}: as long as the KMC",
+                    got.kind
+                );
+                assert_eq!(&clear, want, "{n} {}", got.kind);
+            }
+        }
+    }
+}

@@ -334,7 +334,7 @@ pub enum DeriveCommand {
         tenant: String,
         #[arg(long)]
         kmc: String,
-        /// emv-cps11|kdf3
+        /// emv-cps11|visa2|kdf3 (KDF3 keys are as long as the KMC)
         #[arg(long)]
         method: String,
         #[arg(long)]

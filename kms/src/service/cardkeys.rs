@@ -3,7 +3,9 @@
 
 use super::audited::{no_mentions, Act};
 use super::{Actor, KeyService, ServiceError, SessionRefusal};
-use crate::derivation::{emv_cps11_data, emv_option_a_data, kdf3_message, Kdd, Pan, SdKeyKind};
+use crate::derivation::{
+    emv_cps11_data, emv_option_a_data, kdf3_messages, visa2_data, Kdd, Pan, SdKeyKind,
+};
 use crate::hsm::{DeriveAlg, KeySpec, WrapAlg};
 use crate::model::{Algorithm, KeyFamily, KeyName, KeyUsage, ObjectId, Tenant};
 use crate::store::{BindOutcome, SdBinding};
@@ -23,6 +25,8 @@ pub struct WrappedKey {
 pub enum SdDiversification {
     /// EMV CPS 1.1, TDES KMC.
     EmvCps11,
+    /// VISA2, TDES KMC (GlobalPlatformPro's layout).
+    Visa2,
     /// GlobalPlatform SCP03 KDF ("KDF3"), AES KMC.
     Kdf3,
 }
@@ -32,11 +36,12 @@ impl std::str::FromStr for SdDiversification {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "emv-cps11" => Ok(SdDiversification::EmvCps11),
+            "visa2" => Ok(SdDiversification::Visa2),
             "kdf3" => Ok(SdDiversification::Kdf3),
             _ => Err(crate::model::ParseError::Unknown {
                 what: "diversification",
                 value: s.chars().take(32).collect(),
-                expected: "emv-cps11, kdf3",
+                expected: "emv-cps11, visa2, kdf3",
             }),
         }
     }
@@ -125,7 +130,7 @@ impl KeyService {
         }
         let fam = rec.algorithm.family();
         match (method, fam) {
-            (SdDiversification::EmvCps11, KeyFamily::Tdes) => {}
+            (SdDiversification::EmvCps11 | SdDiversification::Visa2, KeyFamily::Tdes) => {}
             (SdDiversification::Kdf3, KeyFamily::Aes) => {}
             _ => {
                 return Err(ServiceError::Invalid(format!(
@@ -143,18 +148,30 @@ impl KeyService {
                 SdKeyKind::Dek => KeyUsage::SdStaticDek,
             };
             let (wrapped, kcv) = match method {
-                SdDiversification::EmvCps11 => {
-                    let how = DeriveAlg::TdesEcb(emv_cps11_data(kdd, kind).to_vec());
+                SdDiversification::EmvCps11 | SdDiversification::Visa2 => {
+                    let data = match method {
+                        SdDiversification::Visa2 => visa2_data(kdd, kind),
+                        _ => emv_cps11_data(kdd, kind),
+                    };
+                    let how = DeriveAlg::TdesEcb(data.to_vec());
                     let spec = session_spec(Algorithm::Tdes2, usage);
                     self.on_hsm(move |h| h.derive_and_wrap(&base, &how, &spec, &kek, alg))
                         .await?
                 }
                 SdDiversification::Kdf3 => {
-                    let msg = kdf3_message(kdd, kind);
-                    let spec = session_spec(Algorithm::Aes128, usage);
+                    // As long as the KMC, as the secure-channel sessions
+                    // derive them (and GlobalPlatformPro does): one CMAC
+                    // block per started 16 bytes.
+                    let len = match rec.algorithm {
+                        Algorithm::Aes192 => 24,
+                        Algorithm::Aes256 => 32,
+                        _ => 16,
+                    };
+                    let msgs = kdf3_messages(kdd, kind, len);
+                    let spec = session_spec(rec.algorithm, usage);
                     let (created, wrapped) = self
                         .on_hsm(move |h| {
-                            h.derive_cmac_blocks(&base, &[msg], &spec, Some((&kek, alg)))
+                            h.derive_cmac_blocks(&base, &msgs, &spec, Some((&kek, alg)))
                         })
                         .await?;
                     (wrapped.unwrap_or_default(), created.kcv)
