@@ -103,6 +103,33 @@ pub(super) async fn refuse(
     problem(code, detail, rid.as_deref())
 }
 
+/// Refuse what a client can repeat at no cost before it is rate-limited
+/// (an unmapped certificate, a wrong role, a principal over its rate): the
+/// refusal is recorded within the server's refusal budget (60 a minute,
+/// the next record counting the ones left out), so a flood cannot flood
+/// the trail; every one is counted in the metrics.
+async fn refuse_budgeted(
+    st: &ProvState,
+    mut event: AuditEvent,
+    code: Code,
+    detail: String,
+) -> Response {
+    st.ctx.metrics.refused(code.as_str());
+    let rid = event.request_id.clone();
+    if let Some(suppressed) = st.ctx.refusals.take() {
+        event.outcome = Some(Outcome::Refused);
+        event.reason = Some(detail.clone());
+        event
+            .details
+            .insert("code".into(), code.as_str().to_owned());
+        event
+            .details
+            .insert("suppressed_since_last".into(), suppressed.to_string());
+        let _ = st.ctx.record(event).await;
+    }
+    problem(code, detail, rid.as_deref())
+}
+
 pub(super) fn problem(code: Code, detail: String, request_id: Option<&str>) -> Response {
     let mut res = Problem::new(code, detail)
         .for_request(request_id)
@@ -124,7 +151,7 @@ pub(super) async fn admit(
     let rid = request_id_of(headers);
     let event = base_event(peer, action, rid);
     let Some(principal) = peer.principal.clone() else {
-        return Err(refuse(
+        return Err(refuse_budgeted(
             st,
             event,
             Code::UnknownCertificate,
@@ -133,7 +160,7 @@ pub(super) async fn admit(
         .await);
     };
     if principal.role != Role::Provisioner || principal.tenant.is_none() {
-        return Err(refuse(
+        return Err(refuse_budgeted(
             st,
             event,
             Code::Forbidden,
@@ -145,20 +172,8 @@ pub(super) async fn admit(
         .await);
     }
     if !st.limits.allow(&principal.name) {
-        // Under a flood, only some of these are recorded; all are counted.
-        st.ctx.metrics.refused(Code::RateLimited.as_str());
         let detail = format!("{} is over its request rate", principal.name);
-        if let Some(suppressed) = st.ctx.refusals.take() {
-            let mut e = event;
-            e.details
-                .insert("suppressed_since_last".into(), suppressed.to_string());
-            e.outcome = Some(Outcome::Refused);
-            e.reason = Some(detail.clone());
-            e.details
-                .insert("code".into(), Code::RateLimited.as_str().to_owned());
-            let _ = st.ctx.record(e).await;
-        }
-        return Err(problem(Code::RateLimited, detail, rid));
+        return Err(refuse_budgeted(st, event, Code::RateLimited, detail).await);
     }
     let Some(request_id) = rid else {
         return Err(refuse(
