@@ -28,6 +28,9 @@ pub enum SensitiveAction {
     /// Release a Security Domain's binding to a card so it can receive
     /// another card's keys (TSM-DATA-1 re-issue).
     Reissue,
+    /// Enrol or remove a custodian, security officer or operator (issue 5;
+    /// only the very first enrolment, the bootstrap, is done alone).
+    Custodians,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +93,7 @@ impl KeyPolicy {
             SensitiveAction::Destroy,
             SensitiveAction::Trust,
             SensitiveAction::Reissue,
+            SensitiveAction::Custodians,
         ] {
             if !f.dual_control.operations.contains(&must) {
                 return Err(format!("dual_control.operations must include {must:?}"));
@@ -120,6 +124,8 @@ impl KeyPolicy {
                     SensitiveAction::Export,
                     SensitiveAction::Destroy,
                     SensitiveAction::Trust,
+                    SensitiveAction::Reissue,
+                    SensitiveAction::Custodians,
                 ],
                 approvals: 1,
                 request_ttl_minutes: 60,
@@ -168,14 +174,29 @@ mod tests {
             include_str!("../../policies/keys.toml").replace("approvals = 1", "approvals = 0");
         assert!(KeyPolicy::parse(&text).is_err());
         let text = include_str!("../../policies/keys.toml").replace(
-            "operations = [\"export\", \"destroy\", \"compromise\", \"trust\", \"reissue\"]",
+            "operations = [\"export\", \"destroy\", \"compromise\", \"trust\", \"reissue\", \"custodians\"]",
             "operations = []",
         );
         assert!(KeyPolicy::parse(&text).is_err());
         // TSM-DATA-1: a re-issue (releasing an SD's binding) cannot be made
         // a one-person act either.
         let text = include_str!("../../policies/keys.toml")
-            .replace("\"trust\", \"reissue\"]", "\"trust\"]");
+            .replace("\"trust\", \"reissue\", ", "\"trust\", ");
         assert!(KeyPolicy::parse(&text).is_err());
+        // Issue 5: enrolling or removing a custodian is dual-controlled too.
+        let text = include_str!("../../policies/keys.toml").replace(", \"custodians\"]", "]");
+        assert!(KeyPolicy::parse(&text).is_err());
+        // The replacements above did hit the shipped text.
+        let p = KeyPolicy::parse(include_str!("../../policies/keys.toml")).unwrap();
+        for a in [
+            SensitiveAction::Export,
+            SensitiveAction::Destroy,
+            SensitiveAction::Compromise,
+            SensitiveAction::Trust,
+            SensitiveAction::Reissue,
+            SensitiveAction::Custodians,
+        ] {
+            assert!(p.needs_approval(a), "{a:?}");
+        }
     }
 }

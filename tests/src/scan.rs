@@ -131,10 +131,14 @@ pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
             ));
             continue;
         }
-        // An audit record's JSON carries the chain's hashes; judge the rest.
+        // An audit record's JSON carries the chain's hashes, a request's
+        // JSON a certificate fingerprint; judge the rest.
         let stripped;
         let text: &str = if at == ("audit_records", "body") {
             stripped = strip_chain_fields(&text);
+            stripped.as_str()
+        } else if at == ("approval_requests", "operation") {
+            stripped = strip_keys(&text, &["cert_sha256"]);
             stripped.as_str()
         } else {
             text.as_ref()
@@ -161,6 +165,20 @@ pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
                 let ok_len = matches!(text.len(), 0 | 64 | 128);
                 if !(ok_len && text.bytes().all(|b| b.is_ascii_hexdigit())) {
                     found.push(format!("{}: not a hash, MAC or signature", cell.place()));
+                }
+                continue;
+            }
+            // TSM-AC-1: a custodian's PIN only as an Argon2id PHC string
+            // (salt and hash in base64), and their certificate's SHA-256.
+            ("custodians", "pin_hash") => {
+                if !is_argon2id_phc(text) {
+                    found.push(format!("{}: not an Argon2id PHC string", cell.place()));
+                }
+                continue;
+            }
+            ("custodians", "cert_sha256") => {
+                if !(text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    found.push(format!("{}: not a SHA-256 fingerprint", cell.place()));
                 }
                 continue;
             }
@@ -348,12 +366,43 @@ fn strip_chain_fields(body: &str) -> String {
                 m.remove(k);
             }
             if let Some(serde_json::Value::Object(d)) = m.get_mut("details") {
-                // Hashes by design, or public card data (the KDD is sent in clear).
+                // Hashes by design, or public card data (the KDD is sent in
+                // clear), or a certificate's fingerprint.
                 d.retain(|k, _| {
-                    !["digest", "hash", "hmac", "kdd"]
+                    !["digest", "hash", "hmac", "kdd", "sha256"]
                         .iter()
                         .any(|w| k.contains(w))
                 });
+            }
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => body.to_owned(),
+    }
+}
+
+/// `$argon2id$v=19$m=..,t=..,p=..$salt$hash`.
+fn is_argon2id_phc(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('$').collect();
+    let b64 = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    parts.len() == 6
+        && parts[0].is_empty()
+        && parts[1] == "argon2id"
+        && parts[2] == "v=19"
+        && parts[3].starts_with("m=")
+        && b64(parts[4])
+        && b64(parts[5])
+}
+
+/// A JSON object without the given top-level keys.
+fn strip_keys(body: &str, keys: &[&str]) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            for k in keys {
+                m.remove(*k);
             }
             serde_json::Value::Object(m).to_string()
         }
@@ -371,6 +420,15 @@ mod tests {
         assert_eq!(base64(b"Ma"), "TW");
         assert_eq!(base64(b"M"), "T");
         assert_eq!(base64(b"any carnal pleas"), "YW55IGNhcm5hbCBwbGVhc");
+    }
+
+    #[test]
+    fn phc_strings() {
+        assert!(is_argon2id_phc(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"
+        ));
+        assert!(!is_argon2id_phc("$argon2i$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA"));
+        assert!(!is_argon2id_phc("583140"));
     }
 
     #[test]

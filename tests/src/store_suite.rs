@@ -9,12 +9,17 @@
 // Assertions on results are the point of this module.
 #![allow(clippy::unwrap_used)]
 
-use kms::model::{Algorithm, KeyName, KeyState, KeyUsage, ObjectId, Tenant};
+use kms::crypto::{PinHash, PinHasher};
+use kms::model::{
+    Algorithm, CustodianName, CustodianRole, KeyName, KeyState, KeyUsage, LoginWindow, ObjectId,
+    Pin, Tenant,
+};
 use kms::store::{
-    BindOutcome, KeyId, KeyRecord, NewKey, NewVersion, Presence, SdBinding, Store, StoreError,
-    SYSTEM_ACTOR,
+    BindOutcome, CustodianRecord, FailedLogin, KeyId, KeyRecord, NewCustodian, NewKey, NewVersion,
+    Presence, Removal, SdBinding, Store, StoreError, MAX_FAILED_LOGINS, SYSTEM_ACTOR,
 };
 use std::time::Duration;
+use time::OffsetDateTime;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -706,7 +711,16 @@ pub async fn fill_every_method(store: &Store) {
             "no version is {p}"
         );
     }
+
+    // People in every state: enrolled, PIN changed, locked, re-enabled,
+    // removed (their PINs are in `PINS_GIVEN_TO_THE_HASHER`).
+    custodians(store).await;
+    custodians_concurrent_failures(&[store], 3).await;
 }
+
+/// The PINs the custodian suite hashes: none may appear in the database.
+pub const PINS_GIVEN_TO_THE_HASHER: [&str; 3] =
+    ["Kestrel on 3 wires", "Other 4 wires", "New 5 wires"];
 
 fn binding(se: &str, sd: &str, pan_hmac: &str, psn: u8, by: &str) -> SdBinding {
     SdBinding {
@@ -1061,4 +1075,376 @@ pub async fn provisioning_shared(a: &Store, b: &Store) {
     );
     let y = binding("se-s", "A1", &"f".repeat(64), 0, "node-b");
     assert_eq!(b.bind_sd(&y).await.unwrap(), BindOutcome::Other(x.clone()));
+}
+
+/// A PIN hash with cheap Argon2id parameters (the store never sees PINs).
+pub fn pin_hash(pin: &str) -> PinHash {
+    PinHasher::new(1024, 1, 1)
+        .unwrap()
+        .hash(&Pin::new(pin))
+        .unwrap()
+}
+
+/// A person to enrol; `request` None makes it the bootstrap.
+pub fn new_custodian(n: &str, role: CustodianRole, request: Option<&str>) -> NewCustodian {
+    NewCustodian {
+        name: CustodianName::parse(n).unwrap(),
+        role,
+        cert_sha256: Some(format!("{:0>64}", hex::encode_upper(n))),
+        pin_hash: pin_hash("Kestrel on 3 wires"),
+        login_window: None,
+        idle_timeout_seconds: 900,
+        enrolled_by: "so-1".to_owned(),
+        enrolment_request: request.map(str::to_owned),
+    }
+}
+
+fn utc_now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+async fn person(store: &Store, n: &str) -> CustodianRecord {
+    store.custodian(n).await.unwrap().expect("enrolled")
+}
+
+/// Fails `n` logins of `who` one after the other.
+async fn fail(store: &Store, who: &str, n: u32) -> Vec<FailedLogin> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(store.record_failed_login(who, utc_now()).await.unwrap());
+    }
+    out
+}
+
+/// Custodians at the store (issue 5; AUTH-PIN-LOCK, TSM-AC-1, TSM-AC-5):
+/// one bootstrap ever, enrolment by request, names and certificates never
+/// reused, failure counting that locks at the 5th and stops counting,
+/// success and PIN changes as compare-and-set, unlock, removal that keeps
+/// the last officer able to act.
+pub async fn custodians(store: &Store) {
+    let t0 = utc_now();
+    assert!(store.custodians().await.unwrap().is_empty());
+
+    // The bootstrap, once; never with a request, never without one after.
+    let so = store
+        .bootstrap_custodian(
+            &new_custodian("so-1", CustodianRole::SecurityOfficer, None),
+            t0,
+        )
+        .await
+        .unwrap()
+        .expect("the first enrolment is the bootstrap");
+    assert!(so.bootstrap && so.must_change_pin && so.enrolment_request.is_none());
+    assert_eq!(so.failed_attempts, 0);
+    assert_eq!(so.idle_timeout_seconds, 900);
+    assert!(!so.is_locked() && !so.is_removed());
+    assert!(so.enrolled_at >= t0 - Duration::from_secs(1));
+    assert!(store
+        .bootstrap_custodian(
+            &new_custodian("so-2", CustodianRole::SecurityOfficer, None),
+            t0
+        )
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.custodian("so-2").await.unwrap().is_none());
+    let e = store
+        .enroll_custodian(
+            &new_custodian("so-2", CustodianRole::SecurityOfficer, None),
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+    let e = store
+        .bootstrap_custodian(
+            &new_custodian("so-2", CustodianRole::SecurityOfficer, Some("r0")),
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+
+    // Enrolment by request; the window is stored in canonical form.
+    let mut alice = new_custodian("alice", CustodianRole::Custodian, Some("r1"));
+    alice.login_window = Some(LoginWindow::parse("mon-fri 08:00-18:00 +08:00").unwrap());
+    alice.cert_sha256 = Some("ab".repeat(32));
+    let a = store.enroll_custodian(&alice, t0).await.unwrap();
+    assert_eq!(a.role, CustodianRole::Custodian);
+    assert_eq!(a.cert_sha256.as_deref(), Some("AB".repeat(32).as_str()));
+    assert_eq!(
+        a.login_window.as_ref().map(ToString::to_string).as_deref(),
+        Some("Mon-Fri 08:00-18:00 +08:00")
+    );
+    assert!(!a.bootstrap && a.must_change_pin);
+    assert_eq!(a.enrolment_request.as_deref(), Some("r1"));
+    assert_eq!(
+        store
+            .custodian_by_cert(&"ab".repeat(32))
+            .await
+            .unwrap()
+            .map(|c| c.name.to_string()),
+        Some("alice".to_owned())
+    );
+    // Names and certificates are never reused.
+    for dup in [
+        new_custodian("alice", CustodianRole::Operator, Some("r2")),
+        NewCustodian {
+            cert_sha256: Some("AB".repeat(32)),
+            ..new_custodian("alicia", CustodianRole::Custodian, Some("r2"))
+        },
+    ] {
+        let e = store.enroll_custodian(&dup, t0).await.unwrap_err();
+        assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+    }
+    assert!(store.custodian("alicia").await.unwrap().is_none());
+    let mut bad = new_custodian("zed", CustodianRole::Custodian, Some("r3"));
+    bad.cert_sha256 = Some("not hex".into());
+    assert!(store.enroll_custodian(&bad, t0).await.is_err());
+    bad.cert_sha256 = None;
+    bad.idle_timeout_seconds = 0;
+    assert!(store.enroll_custodian(&bad, t0).await.is_err());
+    let names: Vec<String> = store
+        .custodians()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.name.to_string())
+        .collect();
+    assert_eq!(names, ["alice", "so-1"]);
+
+    // AUTH-PIN-LOCK: 4 failures count, the 5th locks, then nothing counts.
+    let counted = fail(store, "alice", 4).await;
+    assert_eq!(
+        counted,
+        (1..=4)
+            .map(|n| FailedLogin::Counted { failed_attempts: n })
+            .collect::<Vec<_>>()
+    );
+    // A success resets the counter (only with the hash that is stored).
+    let hash = person(store, "alice").await.pin_hash().clone();
+    assert!(!store
+        .record_successful_login("alice", &pin_hash("Other 4 wires"), t0)
+        .await
+        .unwrap());
+    assert_eq!(person(store, "alice").await.failed_attempts, 4);
+    assert!(store
+        .record_successful_login("alice", &hash, t0)
+        .await
+        .unwrap());
+    let a = person(store, "alice").await;
+    assert_eq!(a.failed_attempts, 0);
+    assert!(a.last_login_at.is_some());
+    let outcomes = fail(store, "alice", 7).await;
+    assert_eq!(
+        outcomes[4],
+        FailedLogin::Locked { failed_attempts: 5 },
+        "{outcomes:?}"
+    );
+    assert!(outcomes[5..].iter().all(|o| *o == FailedLogin::NotCounted));
+    let a = person(store, "alice").await;
+    assert!(a.is_locked());
+    assert_eq!(a.failed_attempts, MAX_FAILED_LOGINS);
+    assert_eq!(
+        a.locked_reason.as_deref(),
+        Some("5 consecutive failed logins")
+    );
+    // Locked: the right PIN resets nothing, the PIN cannot change.
+    assert!(!store
+        .record_successful_login("alice", &hash, t0)
+        .await
+        .unwrap());
+    assert!(!store
+        .change_custodian_pin("alice", &hash, &pin_hash("New 5 wires"), t0)
+        .await
+        .unwrap());
+    assert!(person(store, "alice").await.is_locked());
+    // Unknown and removed people are not counted.
+    assert_eq!(fail(store, "nobody", 1).await, [FailedLogin::NotCounted]);
+
+    // Unlock clears the lock and the counter, once.
+    assert!(store.unlock_custodian("alice").await.unwrap());
+    assert!(!store.unlock_custodian("alice").await.unwrap());
+    assert!(!store.unlock_custodian("nobody").await.unwrap());
+    let a = person(store, "alice").await;
+    assert!(!a.is_locked() && a.locked_reason.is_none());
+    assert_eq!(a.failed_attempts, 0);
+
+    // A PIN change is a compare-and-set on the old hash.
+    let new = pin_hash("New 5 wires");
+    assert!(!store
+        .change_custodian_pin("alice", &new, &new, t0)
+        .await
+        .unwrap());
+    fail(store, "alice", 2).await;
+    assert!(store
+        .change_custodian_pin("alice", &hash, &new, t0)
+        .await
+        .unwrap());
+    let a = person(store, "alice").await;
+    assert!(!a.must_change_pin);
+    assert_eq!(a.failed_attempts, 0);
+    assert!(a.pin_changed_at.is_some());
+    assert_eq!(a.pin_hash(), &new);
+    assert!(!store
+        .change_custodian_pin("alice", &hash, &new, t0)
+        .await
+        .unwrap());
+
+    // Removal: the row stays; the last officer able to act stays.
+    assert_eq!(
+        store.remove_custodian("so-1", "x", t0).await.unwrap(),
+        Removal::LastOfficer
+    );
+    let so2 = store
+        .enroll_custodian(
+            &new_custodian("so-2", CustodianRole::SecurityOfficer, Some("r4")),
+            t0,
+        )
+        .await
+        .unwrap();
+    // A locked officer cannot re-enable anyone: so-2 locked leaves so-1 last.
+    fail(store, "so-2", MAX_FAILED_LOGINS).await;
+    assert_eq!(
+        store.remove_custodian("so-1", "x", t0).await.unwrap(),
+        Removal::LastOfficer
+    );
+    assert!(store.unlock_custodian("so-2").await.unwrap());
+    match store.remove_custodian("so-1", "so-2", t0).await.unwrap() {
+        Removal::Removed(r) => {
+            assert!(r.is_removed());
+            assert_eq!(r.removed_by.as_deref(), Some("so-2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.remove_custodian("so-1", "so-2", t0).await.unwrap(),
+        Removal::AlreadyRemoved
+    );
+    assert_eq!(
+        store.remove_custodian("nobody", "so-2", t0).await.unwrap(),
+        Removal::NotFound
+    );
+    assert_eq!(
+        store
+            .remove_custodian(so2.name.as_str(), "x", t0)
+            .await
+            .unwrap(),
+        Removal::LastOfficer
+    );
+    assert!(matches!(
+        store.remove_custodian("alice", "so-2", t0).await.unwrap(),
+        Removal::Removed(_)
+    ));
+    // A removed person is not counted, logs in nowhere, keeps their name.
+    assert_eq!(fail(store, "alice", 1).await, [FailedLogin::NotCounted]);
+    assert!(!store
+        .record_successful_login("alice", &new, t0)
+        .await
+        .unwrap());
+    let e = store
+        .enroll_custodian(
+            &new_custodian("alice", CustodianRole::Custodian, Some("r5")),
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+    assert_eq!(store.custodians().await.unwrap().len(), 3);
+}
+
+/// AUTH-PIN-LOCK under concurrency: `n` wrong PINs at once on an account
+/// with 4 failures already, split over the given stores (one node or
+/// several): it ends locked with exactly 5 failures, and exactly one of the
+/// attempts is told it locked.
+pub async fn custodians_concurrent_failures(nodes: &[&Store], n: usize) {
+    let first = nodes[0];
+    if first.custodians().await.unwrap().is_empty() {
+        first
+            .bootstrap_custodian(
+                &new_custodian("so-1", CustodianRole::SecurityOfficer, None),
+                utc_now(),
+            )
+            .await
+            .unwrap();
+    }
+    first
+        .enroll_custodian(
+            &new_custodian("racer", CustodianRole::Custodian, Some("r-race")),
+            utc_now(),
+        )
+        .await
+        .unwrap();
+    fail(first, "racer", 4).await;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = nodes[i % nodes.len()].clone();
+            tokio::spawn(async move { store.record_failed_login("racer", utc_now()).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    let locked = outcomes
+        .iter()
+        .filter(|o| matches!(o, FailedLogin::Locked { failed_attempts: 5 }))
+        .count();
+    assert_eq!(locked, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, FailedLogin::Locked { .. } | FailedLogin::NotCounted)),
+        "{outcomes:?}"
+    );
+    for node in nodes {
+        let r = person(node, "racer").await;
+        assert!(r.is_locked());
+        assert_eq!(r.failed_attempts, MAX_FAILED_LOGINS);
+    }
+}
+
+/// A locked custodian stays locked across restarts: after
+/// `custodians_concurrent_failures`, a store opened anew on the same
+/// database still has `racer` locked and counts nothing more.
+pub async fn custodians_still_locked(store: &Store) {
+    let r = person(store, "racer").await;
+    assert!(
+        r.is_locked(),
+        "AUTH-PIN-LOCK: the lock survived the restart"
+    );
+    assert_eq!(r.failed_attempts, MAX_FAILED_LOGINS);
+    assert_eq!(fail(store, "racer", 1).await, [FailedLogin::NotCounted]);
+    assert!(!store
+        .record_successful_login("racer", r.pin_hash(), utc_now())
+        .await
+        .unwrap());
+}
+
+/// One bootstrap ever, even when several nodes try at once on an empty
+/// database: exactly one of `n` concurrent bootstraps enrols anyone.
+pub async fn custodians_concurrent_bootstrap(nodes: &[&Store], n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = nodes[i % nodes.len()].clone();
+            tokio::spawn(async move {
+                store
+                    .bootstrap_custodian(
+                        &new_custodian(&format!("so-{i}"), CustodianRole::SecurityOfficer, None),
+                        utc_now(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut enrolled = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap().is_some() {
+            enrolled += 1;
+        }
+    }
+    assert_eq!(enrolled, 1);
+    let all = nodes[0].custodians().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].bootstrap);
 }

@@ -44,6 +44,32 @@ async fn pg_replay_1_tsm_data_1_provisioning_state() {
     store_suite::provisioning_shared(&a, &b).await;
 }
 
+/// AUTH-PIN-LOCK, TSM-AC-1, TSM-AC-5: custodians at the store.
+#[tokio::test]
+async fn pg_auth_pin_lock_custodians() {
+    store_suite::custodians(&fresh_store().await).await;
+}
+
+/// AUTH-PIN-LOCK: 10 concurrent wrong PINs on an account with 4 failures,
+/// spread over three nodes on one database: locked at exactly 5, one
+/// attempt told it locked; a locked custodian stays locked across a restart
+/// (every node closed, a new one connected); of concurrent bootstraps on
+/// three nodes one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_auth_pin_lock_concurrent_failures_across_nodes_and_restart() {
+    let url = fresh_database_url();
+    let a = Store::connect(&url).await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    let c = Store::connect(&url).await.unwrap();
+    store_suite::custodians_concurrent_bootstrap(&[&a, &b, &c], 9).await;
+    store_suite::custodians_concurrent_failures(&[&a, &b, &c], 10).await;
+    for s in [a, b, c] {
+        s.close().await;
+    }
+    let restarted = Store::connect(&url).await.unwrap();
+    store_suite::custodians_still_locked(&restarted).await;
+}
+
 /// Several KMS nodes start together on one empty database: the migrations
 /// run once (sqlx serialises them with an advisory lock) and the nodes see
 /// each other's writes.

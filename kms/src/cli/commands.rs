@@ -631,6 +631,12 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     "SD {} on SE {} released from card {} PSN {:02} (bound {} by {}); it may now be personalized for another card",
                     b.sd_aid, b.se_id, b.pan_masked, b.psn, b.bound_at, b.bound_by
                 ),
+                Executed::Custodian(c) => format!(
+                    "{} ({}){}",
+                    c.name,
+                    c.role,
+                    if c.is_removed() { " removed" } else { " enrolled" }
+                ),
             }
             });
         }

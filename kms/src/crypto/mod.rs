@@ -10,12 +10,20 @@
 //!   X9.24-1:2017, GlobalPlatform).
 //! - [`component`]: XOR components under split knowledge, their
 //!   combination into a [`ClearKey`] for HSM import, weak-key refusal.
+//! - [`shares`]: Shamir M-of-N shares of the unseal secret, their typed
+//!   text form and check values.
+//! - [`pin_hash`]: Argon2id hashes of custodian and officer PINs (they are
+//!   typed into the host to log in, and stored only hashed).
 
 pub mod component;
 pub mod kcv;
+pub mod pin_hash;
+pub mod shares;
 
 pub use component::{
     combine, verify_component_kcv, verify_key_kcv, weakness, ClearKey, Component, ComponentError,
     WeakKey,
 };
 pub use kcv::{aes_cmac_kcv, aes_gp_kcv, aes_kcv, tdes_kcv, verify_kcv, Kcv, KcvError, KcvMethod};
+pub use pin_hash::{PinHash, PinHashError, PinHasher};
+pub use shares::{CheckValue, Share, SharesError, SplitId, UnsealSecret};

@@ -5,12 +5,19 @@
 //! unchecked.
 
 mod algorithm;
+mod custodian;
 mod names;
+mod pin;
 mod state;
 mod usage;
 
 pub use algorithm::{Algorithm, KeyFamily};
+pub use custodian::{parse_cert_sha256, CustodianName, CustodianRole, LoginWindow};
 pub use names::{KeyName, ObjectId, Tenant};
+pub use pin::{
+    Pin, PinError, PinKind, PinPolicy, DEFAULT_MIN_PIN_DIGITS, MAX_PIN_CHARS, MIN_PASSPHRASE_CHARS,
+    MIN_PIN_DIGITS,
+};
 pub use state::{KeyState, StateError, Transition};
 pub use usage::{Capabilities, KeyUsage};
 

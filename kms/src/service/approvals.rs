@@ -9,9 +9,10 @@
 //! name the caller authenticated as.
 
 use super::audited::{mention, Act};
+use super::custodians::EnrolmentTerms;
 use super::{Actor, KeyService, ServiceError};
 use crate::hsm::WrapAlg;
-use crate::model::{KeyName, Tenant};
+use crate::model::{CustodianName, CustodianRole, KeyName, Pin, Tenant};
 use crate::policy::SensitiveAction;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -59,6 +60,20 @@ pub enum Operation {
         sd_aid: String,
         reason: String,
     },
+    /// Issue 5: enrol a custodian, security officer or operator, bound to a
+    /// client certificate, with an optional login window (TSM-AC-5) and
+    /// idle timeout. The initial PIN is given when the approved request is
+    /// executed (`execute_enrolment`), so it is never part of a request.
+    EnrollCustodian {
+        name: String,
+        role: String,
+        cert_sha256: Option<String>,
+        login_window: Option<String>,
+        idle_timeout_seconds: Option<u32>,
+    },
+    /// Issue 5: remove a person. Their row stays (marked removed); the last
+    /// security officer able to act cannot be removed.
+    RemoveCustodian { name: String },
 }
 
 impl Operation {
@@ -69,6 +84,9 @@ impl Operation {
             Operation::Compromise { .. } => SensitiveAction::Compromise,
             Operation::TrustedKek { .. } => SensitiveAction::Trust,
             Operation::ReleaseSd { .. } => SensitiveAction::Reissue,
+            Operation::EnrollCustodian { .. } | Operation::RemoveCustodian { .. } => {
+                SensitiveAction::Custodians
+            }
         }
     }
 
@@ -149,6 +167,24 @@ impl Operation {
                     return Err(ServiceError::Invalid("a re-issue needs a reason".into()));
                 }
             }
+            Operation::EnrollCustodian {
+                name,
+                role,
+                cert_sha256,
+                login_window,
+                idle_timeout_seconds,
+            } => {
+                EnrolmentTerms::parse(
+                    name,
+                    role,
+                    cert_sha256.as_deref(),
+                    login_window.as_deref(),
+                    *idle_timeout_seconds,
+                )?;
+            }
+            Operation::RemoveCustodian { name } => {
+                CustodianName::parse(name)?;
+            }
         }
         Ok(())
     }
@@ -163,14 +199,31 @@ impl Operation {
         matches!(self, Operation::TrustedKek { kcv: Some(_), .. })
     }
 
-    /// The tenant, and the key when the operation is about one.
-    fn subject(&self) -> (&str, Option<&str>) {
+    /// Whether executing needs the initial PIN of the person enrolled.
+    pub fn needs_initial_pin(&self) -> bool {
+        matches!(self, Operation::EnrollCustodian { .. })
+    }
+
+    /// The person an operation is about (the one enrolled or removed).
+    pub fn custodian(&self) -> Option<&str> {
+        match self {
+            Operation::EnrollCustodian { name, .. } | Operation::RemoveCustodian { name } => {
+                Some(name)
+            }
+            _ => None,
+        }
+    }
+
+    /// The tenant, and the key when the operation is about one; None for
+    /// operations about people.
+    fn subject(&self) -> Option<(&str, Option<&str>)> {
         match self {
             Operation::Export { tenant, key, .. }
             | Operation::Destroy { tenant, key, .. }
             | Operation::Compromise { tenant, key, .. }
-            | Operation::TrustedKek { tenant, key, .. } => (tenant, Some(key)),
-            Operation::ReleaseSd { tenant, .. } => (tenant, None),
+            | Operation::TrustedKek { tenant, key, .. } => Some((tenant, Some(key))),
+            Operation::ReleaseSd { tenant, .. } => Some((tenant, None)),
+            Operation::EnrollCustodian { .. } | Operation::RemoveCustodian { .. } => None,
         }
     }
 }
@@ -197,6 +250,8 @@ pub enum Executed {
     Key(crate::store::KeyRecord),
     /// The binding a re-issue released.
     Released(crate::store::SdBinding),
+    /// The person enrolled or removed.
+    Custodian(crate::store::CustodianRecord),
 }
 
 impl KeyService {
@@ -270,6 +325,20 @@ impl KeyService {
         id: String,
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
+        let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
+        if op.custodian().is_some() {
+            self.check_custodian_request(actor, &op).await?;
+            self.store
+                .insert_approval_request(
+                    &id,
+                    &op.canonical()?,
+                    &op.digest()?,
+                    actor.as_str(),
+                    OffsetDateTime::now_utc() + ttl,
+                )
+                .await?;
+            return self.load_request(&id).await;
+        }
         // Refuse requests that cannot run, before anyone is asked.
         if let Operation::ReleaseSd {
             tenant,
@@ -292,7 +361,11 @@ impl KeyService {
                 )));
             }
         }
-        let (tenant, key) = op.subject();
+        let Some((tenant, key)) = op.subject() else {
+            return Err(ServiceError::Internal(
+                "an operation about people reached the key checks".into(),
+            ));
+        };
         let tenant = Tenant::parse(tenant)?;
         let key = key.map(KeyName::parse).transpose()?;
         let existing = match &key {
@@ -318,7 +391,6 @@ impl KeyService {
         }
         // The id was chosen by `request` so the trail can name it up front.
 
-        let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
         self.store
             .insert_approval_request(
                 &id,
@@ -376,6 +448,18 @@ impl KeyService {
                 "{approver} has already approved this request"
             )));
         }
+        if let Some(person) = req.operation.custodian() {
+            if approver.as_str() == person {
+                return Err(ServiceError::Refused(
+                    "the person enrolled or removed cannot approve it".into(),
+                ));
+            }
+            // An enrolled approver must be in good standing (not locked,
+            // initial PIN changed, inside their window).
+            if let Some(rec) = self.store.custodian(approver.as_str()).await? {
+                super::custodians::check_standing(&rec, OffsetDateTime::now_utc())?;
+            }
+        }
         self.store
             .add_approval(id, approver.as_str(), &req.digest)
             .await?;
@@ -411,6 +495,44 @@ impl KeyService {
         id: &str,
         components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
     ) -> Result<Executed, ServiceError> {
+        self.execute_inputs(
+            actor,
+            id,
+            Inputs {
+                components,
+                initial_pin: None,
+            },
+        )
+        .await
+    }
+
+    /// As `execute`, for an enrolment: `initial_pin` is the new person's
+    /// first PIN (checked against the PIN policy, stored only hashed, to be
+    /// changed at first use). A weak PIN is refused before the request is
+    /// used up.
+    pub async fn execute_enrolment(
+        &self,
+        actor: &Actor,
+        id: &str,
+        initial_pin: Pin,
+    ) -> Result<Executed, ServiceError> {
+        self.execute_inputs(
+            actor,
+            id,
+            Inputs {
+                components: Vec::new(),
+                initial_pin: Some(initial_pin),
+            },
+        )
+        .await
+    }
+
+    async fn execute_inputs(
+        &self,
+        actor: &Actor,
+        id: &str,
+        inputs: Inputs,
+    ) -> Result<Executed, ServiceError> {
         let mut act = Act::change(actor, "request.execute").correlate(id);
         if let Ok(req) = self.load_request(id).await {
             act = op_act(act, &req.operation)
@@ -420,10 +542,10 @@ impl KeyService {
         }
         self.audited(
             act,
-            self.execute_now(actor, id, components),
+            self.execute_now(actor, id, inputs),
             |e: &Executed| match e {
                 Executed::Key(k) => mention(k),
-                Executed::Released(_) => Vec::new(),
+                Executed::Released(_) | Executed::Custodian(_) => Vec::new(),
                 Executed::Exported(x) => vec![
                     crate::audit::KeyMention {
                         tenant: x.tenant.to_string(),
@@ -447,9 +569,20 @@ impl KeyService {
         &self,
         actor: &Actor,
         id: &str,
-        components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
+        inputs: Inputs,
     ) -> Result<Executed, ServiceError> {
+        let Inputs {
+            components,
+            initial_pin,
+        } = inputs;
         let req = self.load_request(id).await?;
+        if req.operation.needs_initial_pin() != initial_pin.is_some() {
+            return Err(ServiceError::Invalid(if initial_pin.is_none() {
+                "this request needs the initial PIN of the person enrolled".into()
+            } else {
+                "this request takes no PIN".into()
+            }));
+        }
         if req.operation.needs_security_officer()
             && self.hsm.role() != crate::hsm::Role::SecurityOfficer
         {
@@ -482,6 +615,21 @@ impl KeyService {
                 self.needed()
             )));
         }
+        // Operations about people: the requester is still a security
+        // officer in good standing, and the initial PIN passes the policy
+        // (hashed now, so a weak one does not use the request up).
+        let mut pin_hash = None;
+        if req.operation.custodian().is_some() {
+            self.require_standing(
+                actor,
+                Some(CustodianRole::SecurityOfficer),
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        }
+        if let Some(pin) = &initial_pin {
+            pin_hash = Some(self.new_pin_hash(pin).await?);
+        }
         // Claim it first: a request runs at most once, even if two
         // executions race; its final status says how it ended.
         if !self
@@ -495,7 +643,7 @@ impl KeyService {
         }
         let why = format!("request {id} approved by {}", req.approvers.join(", "));
         let result = self
-            .run_operation(actor, req.operation, &why, components)
+            .run_operation(actor, id, req.operation, &why, components, pin_hash)
             .await;
         let status = if result.is_ok() { "executed" } else { "failed" };
         self.store
@@ -507,9 +655,11 @@ impl KeyService {
     async fn run_operation(
         &self,
         actor: &Actor,
+        id: &str,
         operation: Operation,
         why: &str,
         components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
+        pin_hash: Option<crate::crypto::PinHash>,
     ) -> Result<Executed, ServiceError> {
         match operation {
             Operation::Export {
@@ -627,14 +777,157 @@ impl KeyService {
                     ))),
                 }
             }
+            Operation::EnrollCustodian {
+                name,
+                role,
+                cert_sha256,
+                login_window,
+                idle_timeout_seconds,
+            } => {
+                let terms = EnrolmentTerms::parse(
+                    &name,
+                    &role,
+                    cert_sha256.as_deref(),
+                    login_window.as_deref(),
+                    idle_timeout_seconds,
+                )?;
+                let pin_hash = pin_hash.ok_or_else(|| {
+                    ServiceError::Invalid(
+                        "this request needs the initial PIN of the person enrolled".into(),
+                    )
+                })?;
+                let rec = self.enroll_approved(actor, id, terms, pin_hash).await?;
+                Ok(Executed::Custodian(rec))
+            }
+            Operation::RemoveCustodian { name } => {
+                let rec = self.remove_approved(actor, id, &name).await?;
+                Ok(Executed::Custodian(rec))
+            }
         }
+    }
+
+    /// Refuse a request about people that could not run, before anyone is
+    /// asked: the requester must be a security officer in good standing; an
+    /// enrolment's name and certificate must be new; a removal's person
+    /// must be enrolled, not removed, and not the last officer able to act.
+    async fn check_custodian_request(
+        &self,
+        actor: &Actor,
+        op: &Operation,
+    ) -> Result<(), ServiceError> {
+        self.require_standing(
+            actor,
+            Some(CustodianRole::SecurityOfficer),
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+        match op {
+            Operation::EnrollCustodian {
+                name,
+                role,
+                cert_sha256,
+                login_window,
+                idle_timeout_seconds,
+            } => {
+                let terms = EnrolmentTerms::parse(
+                    name,
+                    role,
+                    cert_sha256.as_deref(),
+                    login_window.as_deref(),
+                    *idle_timeout_seconds,
+                )?;
+                if self.store.custodian(terms.name.as_str()).await?.is_some() {
+                    return Err(ServiceError::Invalid(format!(
+                        "{} is already enrolled (names are never reused)",
+                        terms.name
+                    )));
+                }
+                if let Some(c) = &terms.cert_sha256 {
+                    if let Some(holder) = self.store.custodian_by_cert(c).await? {
+                        return Err(ServiceError::Invalid(format!(
+                            "the certificate is already bound to {}",
+                            holder.name
+                        )));
+                    }
+                }
+            }
+            Operation::RemoveCustodian { name } => {
+                let rec = self
+                    .store
+                    .custodian(name)
+                    .await?
+                    .ok_or_else(|| ServiceError::Invalid(format!("{name} is not enrolled")))?;
+                if rec.is_removed() {
+                    return Err(ServiceError::Refused(format!("{name} was removed already")));
+                }
+                if rec.role == CustodianRole::SecurityOfficer {
+                    let others = self
+                        .store
+                        .custodians()
+                        .await?
+                        .into_iter()
+                        .filter(|o| {
+                            o.role == CustodianRole::SecurityOfficer
+                                && o.name != rec.name
+                                && !o.is_removed()
+                                && !o.is_locked()
+                        })
+                        .count();
+                    if others == 0 {
+                        return Err(super::custodians::last_officer(name));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
-/// What the trail says about an operation: its kind and its key.
+/// What an execution is given besides the request: custodians' components
+/// (a trusted KEK entered by components) or a new person's initial PIN.
+struct Inputs {
+    components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
+    initial_pin: Option<Pin>,
+}
+
+/// What the trail says about an operation: its kind and its key, or the
+/// person it is about.
 fn op_act(act: Act, op: &Operation) -> Act {
-    let (tenant, key) = op.subject();
     let mut act = act.detail("operation", format!("{:?}", op.action()).to_lowercase());
+    match op {
+        Operation::EnrollCustodian {
+            name,
+            role,
+            cert_sha256,
+            login_window,
+            idle_timeout_seconds,
+        } => {
+            act = act
+                .detail("custodian", name.clone())
+                .detail("custodian_op", "enroll")
+                .detail("role", role.clone());
+            if let Some(c) = cert_sha256 {
+                act = act.detail("cert_sha256", c.clone());
+            }
+            if let Some(w) = login_window {
+                act = act.detail("login_window", w.clone());
+            }
+            if let Some(i) = idle_timeout_seconds {
+                act = act.detail("idle_timeout_seconds", i.to_string());
+            }
+            return act;
+        }
+        Operation::RemoveCustodian { name } => {
+            return act
+                .detail("custodian", name.clone())
+                .detail("custodian_op", "remove");
+        }
+        _ => {}
+    }
+    let Some((tenant, key)) = op.subject() else {
+        return act;
+    };
     if let Operation::ReleaseSd {
         se_id,
         sd_aid,
@@ -656,12 +949,12 @@ fn op_act(act: Act, op: &Operation) -> Act {
 
 fn request_mentions(r: &ApprovalRequest) -> Vec<crate::audit::KeyMention> {
     match r.operation.subject() {
-        (tenant, Some(key)) => vec![crate::audit::KeyMention {
+        Some((tenant, Some(key))) => vec![crate::audit::KeyMention {
             tenant: tenant.to_owned(),
             name: key.to_owned(),
             version: None,
             kcv: None,
         }],
-        (_, None) => Vec::new(),
+        _ => Vec::new(),
     }
 }

@@ -3,7 +3,7 @@
 //! nothing if that fails (fail closed); every act, change or read, then
 //! records its outcome (success, refused, failure) with the keys it touched.
 
-use super::{Actor, KeyService, ServiceError};
+use super::{Actor, AuthRefusal, KeyService, ServiceError};
 use crate::audit::{AuditEvent, KeyMention, Outcome};
 use crate::model::{KeyName, Tenant};
 use crate::store::KeyRecord;
@@ -20,6 +20,9 @@ pub(crate) struct Act {
     keys: Vec<KeyMention>,
     details: BTreeMap<String, String>,
     request_id: Option<String>,
+    /// The role the actor acted in, when it is theirs rather than the
+    /// service's (a custodian logging in).
+    role: Option<&'static str>,
 }
 
 impl Act {
@@ -33,7 +36,21 @@ impl Act {
             keys: Vec::new(),
             details: BTreeMap::new(),
             request_id: None,
+            role: None,
         }
+    }
+
+    /// Tie this act's records to `id` (chosen by the caller so that records
+    /// the act writes on its own, such as `custodian.lock`, share it).
+    pub(crate) fn with_request_id(mut self, id: &str) -> Act {
+        self.request_id = Some(id.to_owned());
+        self
+    }
+
+    /// Record the act in the actor's own role.
+    pub(crate) fn role(mut self, role: &'static str) -> Act {
+        self.role = Some(role);
+        self
     }
 
     /// Use this id (a dual-control request's) to tie records together.
@@ -96,6 +113,10 @@ fn outcome_of(e: &ServiceError) -> Outcome {
         | ServiceError::Session(_)
         | ServiceError::Component(_)
         | ServiceError::Inconsistent(_) => Outcome::Refused,
+        // A wrong PIN is a failed login; every other refusal of a person
+        // (locked, outside their window, not enrolled) is a refusal.
+        ServiceError::Auth(AuthRefusal::WrongPin { .. }) => Outcome::Failure,
+        ServiceError::Auth(_) => Outcome::Refused,
         _ => Outcome::Failure,
     }
 }
@@ -127,7 +148,7 @@ impl KeyService {
     {
         let base = AuditEvent {
             actor: act.actor.clone(),
-            role: self.role_name().to_owned(),
+            role: act.role.unwrap_or_else(|| self.role_name()).to_owned(),
             tenant: act.tenant.clone(),
             action: act.action.to_owned(),
             keys: act.keys.clone(),

@@ -33,6 +33,10 @@ pub enum ServiceError {
     /// given out and nothing changed.
     #[error("refused: {0}")]
     Session(SessionRefusal),
+    /// A person's login or act was refused (issue 5: AUTH-PIN-LOCK,
+    /// TSM-AC-5, the initial PIN not yet changed). Never carries a PIN.
+    #[error("refused: {0}")]
+    Auth(AuthRefusal),
     /// Fail closed: the audit record could not be written.
     #[error(transparent)]
     Audit(crate::audit::AuditError),
@@ -56,6 +60,55 @@ pub enum SessionRefusal {
         sd_aid: String,
         bound_to: String,
     },
+}
+
+/// Why a custodian, security officer or operator was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("{name} is not enrolled")]
+    NotEnrolled { name: String },
+    #[error("{name} was removed")]
+    Removed { name: String },
+    /// AUTH-PIN-LOCK: counted; `locked` when this failure locked them.
+    #[error("wrong PIN for {name} ({failed_attempts} consecutive failures of {limit}){}",
+        if *locked { "; now locked until a security officer re-enables them" } else { "" })]
+    WrongPin {
+        name: String,
+        failed_attempts: u32,
+        limit: u32,
+        locked: bool,
+    },
+    /// AUTH-PIN-LOCK: refused without looking at the PIN.
+    #[error("{name} is locked ({reason}) until a security officer re-enables them")]
+    Locked { name: String, reason: String },
+    /// TSM-AC-5.
+    #[error("{name} may log in only {window}")]
+    OutsideWindow { name: String, window: String },
+    /// TSM-AC-1: the PIN given at enrolment must be changed first.
+    #[error("{name} must change the initial PIN before doing anything else")]
+    MustChangePin { name: String },
+    /// The act needs another role.
+    #[error("{name} is {role}; this needs {needed}")]
+    Role {
+        name: String,
+        role: String,
+        needed: String,
+    },
+}
+
+impl AuthRefusal {
+    /// A stable code, for the API to come.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthRefusal::NotEnrolled { .. } => "not-enrolled",
+            AuthRefusal::Removed { .. } => "removed",
+            AuthRefusal::WrongPin { .. } => "wrong-pin",
+            AuthRefusal::Locked { .. } => "locked",
+            AuthRefusal::OutsideWindow { .. } => "outside-login-window",
+            AuthRefusal::MustChangePin { .. } => "must-change-pin",
+            AuthRefusal::Role { .. } => "wrong-role",
+        }
+    }
 }
 
 impl SessionRefusal {
@@ -93,7 +146,7 @@ impl ServiceError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ServiceError::Invalid(_) | ServiceError::NotFound(_) | ServiceError::Component(_) => 2,
-            ServiceError::Refused(_) | ServiceError::Session(_) => 3,
+            ServiceError::Refused(_) | ServiceError::Session(_) | ServiceError::Auth(_) => 3,
             ServiceError::Store(
                 StoreError::Duplicate { .. }
                 | StoreError::Invalid { .. }

@@ -12,6 +12,7 @@
 mod approvals;
 mod audited;
 mod cardkeys;
+mod custodians;
 mod error;
 mod keys;
 mod reconcile;
@@ -21,7 +22,11 @@ pub use approvals::{ApprovalRequest, Executed, Operation};
 pub use cardkeys::{
     EmvCardKeys, EmvCardKeysRequest, SdBindingState, SdDiversification, SdRef, WrappedKey,
 };
-pub use error::{ServiceError, SessionRefusal};
+pub use custodians::{
+    CustodianSession, CustodianSettings, Enrolment, DEFAULT_IDLE_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_RANGE,
+};
+pub use error::{AuthRefusal, ServiceError, SessionRefusal};
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
 pub use sessions::{
@@ -74,6 +79,8 @@ pub struct KeyService {
     /// Set by [`KeyService::on_behalf`] for one API request: the caller's
     /// role and request id in every record the request causes.
     caller: Option<Caller>,
+    /// PIN policy and hasher for custodians and officers.
+    custodians: Arc<custodians::CustodianSettings>,
 }
 
 /// Who an API request's acts are recorded as.
@@ -102,6 +109,7 @@ impl KeyService {
             audit,
             source: source.to_owned(),
             caller: None,
+            custodians: Arc::new(custodians::CustodianSettings::default()),
         };
         svc.audit
             .record(crate::audit::AuditEvent {

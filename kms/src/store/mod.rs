@@ -1,7 +1,9 @@
 //! The metadata store: which keys exist, their versions, states and history.
 //!
 //! It never holds key material: no table has a column for a key value, a PIN
-//! or a component, and a check value longer than 5 bytes is refused. The HSM
+//! or a component, and a check value longer than 5 bytes is refused. The
+//! people of ceremonies (`custodians.rs`) have their PINs only as Argon2id
+//! hashes, which the schema checks. The HSM
 //! object of a version is found through its `object_id` (CKA_ID).
 //!
 //! One implementation serves SQLite (the embedded default) and PostgreSQL
@@ -17,6 +19,7 @@
 
 mod approvals;
 mod audit;
+mod custodians;
 mod error;
 mod keys;
 mod provisioning;
@@ -27,6 +30,7 @@ mod tests;
 
 pub use approvals::ApprovalRow;
 pub use audit::AuditFilter;
+pub use custodians::{CustodianRecord, FailedLogin, NewCustodian, Removal, MAX_FAILED_LOGINS};
 pub use error::StoreError;
 pub use provisioning::{BindOutcome, SdBinding};
 pub use records::{

@@ -1048,9 +1048,46 @@ async fn schema_has_no_place_for_secrets() {
         let (table, column, ty): (String, String, String) =
             (row.get("t"), row.get("c"), row.get("ty"));
         assert_ne!(ty.to_uppercase(), "BLOB", "{table}.{column}");
+        // The PIN columns hold an Argon2id hash (checked by the schema, see
+        // the next test), a flag and a timestamp.
+        if table == "custodians"
+            && matches!(
+                column.as_str(),
+                "pin_hash" | "must_change_pin" | "pin_changed_at"
+            )
+        {
+            continue;
+        }
         for word in ["value", "secret", "pin", "component", "material", "plain"] {
             assert!(!column.contains(word), "{table}.{column}");
         }
     }
     assert!(rows.len() >= 25, "all three tables were inspected");
+}
+
+/// TSM-AC-1: the custodians table takes only Argon2id PHC strings as PIN
+/// hashes; a PIN written there by mistake fails loudly.
+#[tokio::test]
+async fn tsm_ac_1_the_pin_hash_column_refuses_anything_but_argon2id() {
+    let t = temp_store().await;
+    let insert = |hash: &'static str| {
+        sqlx::query(
+            "INSERT INTO custodians (name, role, pin_hash, must_change_pin, failed_attempts, \
+             idle_timeout_seconds, enrolled_at, enrolled_by, bootstrap) \
+             VALUES ('x', 'custodian', $1, 1, 0, 900, '2026-01-01T00:00:00Z', 'so', 1)",
+        )
+        .bind(hash)
+        .execute(&t.store.pool)
+    };
+    for bad in [
+        "583140",
+        "$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+        "$2b$12$x",
+    ] {
+        let e = insert(bad).await.unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
+    }
+    insert("$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaA")
+        .await
+        .unwrap();
 }
