@@ -143,7 +143,7 @@ pub enum SharesError {
     #[error("group {group} of the share is mistyped: a character is wrong or two are swapped")]
     GroupCheck { group: usize },
     #[error(
-        "the share's checksum does not match: check M, the index and the last group of {CHECKSUM_SYMBOLS}"
+        "the share's checksum (its last {CHECKSUM_SYMBOLS} characters) does not match: check M, the index and the checksum"
     )]
     Checksum,
     #[error("the split id does not match the rest of the share: check the split id")]
