@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 struct Cli {
     token: TestToken,
     config: PathBuf,
+    /// Custodians' PINs given so far: no command may print them.
+    pins: std::cell::RefCell<Vec<String>>,
 }
 
 struct Out {
@@ -36,7 +38,11 @@ impl Cli {
             ),
         )
         .unwrap();
-        Cli { token, config }
+        Cli {
+            token,
+            config,
+            pins: Default::default(),
+        }
     }
 
     fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Out {
@@ -70,6 +76,12 @@ impl Cli {
             assert!(
                 !out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()),
                 "a PIN was printed"
+            );
+        }
+        for pin in self.pins.borrow().iter() {
+            assert!(
+                !out.stdout.contains(pin.as_str()) && !out.stderr.contains(pin.as_str()),
+                "a custodian's PIN was printed: {args:?}"
             );
         }
         out
@@ -481,6 +493,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         (vec!["audit", "public-key"], "audit.public-key"),
         (vec!["audit", "checkpoint"], "audit.checkpoint"),
         (vec!["sd", "list", "-t", "i"], "sd.list"),
+        (vec!["custodian", "list"], "custodian.list"),
     ];
     for (args, _) in &commands {
         let o = cli.run(args);
@@ -618,6 +631,295 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     let html = std::fs::read_to_string(report).unwrap();
     assert!(html.contains("VERIFIED") && html.contains("<svg"));
     assert!(!html.contains(pan));
+}
+
+impl Cli {
+    /// A PIN this test uses: checked absent from every later output.
+    fn pin(&self, pin: &str) -> String {
+        self.pins.borrow_mut().push(pin.to_owned());
+        pin.to_owned()
+    }
+
+    fn with_pin(&self, args: &[&str], input: &str) -> Out {
+        self.run_with(args, Some(input))
+    }
+
+    /// `custodian login --pin-stdin`, expecting `want`.
+    fn login(&self, name: &str, pin: &str, want: i32, needle: &str) -> Out {
+        let o = self.with_pin(
+            &[
+                "--json",
+                "custodian",
+                "login",
+                "--name",
+                name,
+                "--pin-stdin",
+            ],
+            &format!("{pin}\n"),
+        );
+        assert_eq!(o.code, want, "login {name}: {} {}", o.stdout, o.stderr);
+        let all = format!("{}{}", o.stdout, o.stderr);
+        assert!(
+            all.contains(needle),
+            "login {name}: {all:?} lacks {needle:?}"
+        );
+        o
+    }
+
+    /// A custodian request by `requester`, approved by bob (not enrolled),
+    /// executed by `requester` with `input` on stdin.
+    fn custodian_request(&self, requester: &str, request: &[&str], input: &str) -> Out {
+        let mut a = vec!["--actor", requester, "custodian"];
+        a.extend_from_slice(request);
+        let req = self.json(&a);
+        let id = req["id"].as_str().unwrap().to_owned();
+        let digest = req["digest"].as_str().unwrap().to_owned();
+        self.ok(&[
+            "--actor", "bob", "request", "approve", &id, "--digest", &digest,
+        ]);
+        self.with_pin(
+            &[
+                "--actor",
+                requester,
+                "request",
+                "execute",
+                &id,
+                "--pin-stdin",
+            ],
+            input,
+        )
+    }
+}
+
+/// AUTH-PIN-LOCK, TSM-AC-1 through the CLI: bootstrap, the initial PIN
+/// changed at first use, a second officer enrolled under dual control, 5
+/// wrong PINs lock (exit 3), the right PIN is then refused too, and only
+/// another officer re-enables. No PIN is ever printed or recorded.
+#[test]
+fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let first = cli.pin("Kestrel-Dawn-42");
+    let so1_pin = cli.pin("58314072");
+    let so2_first = cli.pin("Marble+Otter-17");
+    let so2_pin = cli.pin("Quiet/Harbor-93");
+    let wrong = cli.pin("Wrong-Guess-61");
+
+    // The first person must be a security officer.
+    let o = cli.with_pin(
+        &[
+            "custodian",
+            "bootstrap",
+            "--name",
+            "so1",
+            "--role",
+            "custodian",
+            "--pin-stdin",
+        ],
+        &format!("{first}\n"),
+    );
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let o = cli.with_pin(
+        &[
+            "--actor",
+            "so1",
+            "custodian",
+            "bootstrap",
+            "--name",
+            "so1",
+            "--role",
+            "security-officer",
+            "--pin-stdin",
+        ],
+        &format!("{first}\n"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("must be changed"), "{}", o.stdout);
+
+    // First login: the PIN must be changed, and nothing else is allowed.
+    let o = cli.login("so1", &first, 0, "\"must_change_pin\": true");
+    let session: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(session["idle_timeout_seconds"], 900);
+    let enrol_so2 = [
+        "enroll",
+        "--name",
+        "so2",
+        "--role",
+        "security-officer",
+        "--idle-timeout",
+        "600",
+    ];
+    let mut early = vec!["--actor", "so1", "custodian"];
+    early.extend_from_slice(&enrol_so2);
+    cli.code(&early, 3, "must change the initial PIN");
+    let o = cli.with_pin(
+        &["custodian", "change-pin", "--name", "so1", "--pin-stdin"],
+        &format!("{first}\n{so1_pin}\n"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    cli.login("so1", &first, 3, "wrong PIN");
+    cli.login("so1", &so1_pin, 0, "\"must_change_pin\": false");
+
+    // A second officer, under dual control; the initial PIN at execution.
+    let o = cli.custodian_request("so1", &enrol_so2, &format!("{so2_first}\n"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("so2 (security-officer) enrolled"),
+        "{}",
+        o.stdout
+    );
+    let o = cli.with_pin(
+        &["custodian", "change-pin", "--name", "so2", "--pin-stdin"],
+        &format!("{so2_first}\n{so2_pin}\n"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    // 5 wrong PINs in a row lock so1; then even the right PIN is refused.
+    for i in 1..=4 {
+        cli.login(
+            "so1",
+            &wrong,
+            3,
+            &format!("({i} consecutive failures of 5)"),
+        );
+    }
+    cli.login("so1", &wrong, 3, "now locked");
+    cli.login("so1", &so1_pin, 3, "is locked");
+    let list = cli.json(&["custodian", "list"]);
+    let so1 = &list.as_array().unwrap()[0];
+    assert_eq!(so1["name"], "so1");
+    assert!(so1["locked_at"].is_string(), "{so1}");
+    assert!(cli.ok(&["custodian", "list"]).stdout.contains("LOCKED"));
+
+    // Nobody re-enables themselves; a reason is needed; so2 can.
+    cli.code(
+        &[
+            "--actor",
+            "so1",
+            "custodian",
+            "unlock",
+            "--name",
+            "so1",
+            "--reason",
+            "me",
+        ],
+        3,
+        "locked",
+    );
+    cli.code(
+        &[
+            "--actor",
+            "bob",
+            "custodian",
+            "unlock",
+            "--name",
+            "so1",
+            "--reason",
+            "x",
+        ],
+        3,
+        "not enrolled",
+    );
+    cli.code(
+        &[
+            "--actor",
+            "so2",
+            "custodian",
+            "unlock",
+            "--name",
+            "so1",
+            "--reason",
+            " ",
+        ],
+        2,
+        "reason",
+    );
+    cli.ok(&[
+        "--actor",
+        "so2",
+        "custodian",
+        "unlock",
+        "--name",
+        "so1",
+        "--reason",
+        "identity checked in person by so2",
+    ]);
+    cli.login("so1", &so1_pin, 0, "\"must_change_pin\": false");
+
+    // Removal under dual control; the removed person can no longer log in.
+    let o = cli.custodian_request("so1", &["remove", "--name", "so2"], "");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("removed"), "{}", o.stdout);
+    cli.login("so2", &so2_pin, 3, "was removed");
+
+    // Listing shows standing, never a hash; the trail holds no PIN.
+    let list = cli.ok(&["--json", "custodian", "list"]).stdout;
+    assert!(
+        !list.contains("argon2") && !list.contains("pin_hash"),
+        "{list}"
+    );
+    let human = cli.ok(&["custodian", "list"]).stdout;
+    assert!(
+        human.contains("so1") && human.contains("removed"),
+        "{human}"
+    );
+    let trail = cli
+        .ok(&["--json", "audit", "search", "--limit", "100000"])
+        .stdout;
+    for action in [
+        "custodian.enroll",
+        "custodian.login",
+        "custodian.change-pin",
+        "custodian.lock",
+        "custodian.unlock",
+        "custodian.remove",
+        "custodian.list",
+    ] {
+        assert!(trail.contains(action), "no {action} record");
+    }
+    for pin in cli.pins.borrow().iter() {
+        assert!(!trail.contains(pin.as_str()), "a PIN is in the audit trail");
+    }
+    cli.ok(&["audit", "verify"]);
+}
+
+/// AUTH-PIN-WEAK / AUTH-PIN-LEN through the CLI: weak or short PINs are
+/// usage errors (exit 2), at bootstrap, at change and at enrolment, and
+/// nothing is enrolled by a refused bootstrap.
+#[test]
+fn auth_pin_weak_cli_refuses_weak_pins_with_exit_2() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let bootstrap = [
+        "custodian",
+        "bootstrap",
+        "--name",
+        "so1",
+        "--role",
+        "security-officer",
+        "--pin-stdin",
+    ];
+    for weak in ["123456", "111111", "12345", "password", "2580"] {
+        let o = cli.with_pin(&bootstrap, &format!("{weak}\n"));
+        assert_eq!(o.code, 2, "{weak}: {}", o.stderr);
+        assert!(!o.stderr.contains(weak), "{weak} echoed: {}", o.stderr);
+    }
+    let o = cli.with_pin(&bootstrap, "");
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("no PIN"), "{}", o.stderr);
+    assert_eq!(cli.json(&["custodian", "list"]), serde_json::json!([]));
+
+    let first = cli.pin("Kestrel-Dawn-42");
+    let o = cli.with_pin(&bootstrap, &format!("{first}\n"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = cli.with_pin(
+        &["custodian", "change-pin", "--name", "so1", "--pin-stdin"],
+        &format!("{first}\n987654\n"),
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("consecutive"), "{}", o.stderr);
+    // A weak new PIN cost no attempt.
+    assert_eq!(cli.json(&["custodian", "list"])[0]["failed_attempts"], 0);
 }
 
 /// Retention: old records move to a signed archive segment (verified before

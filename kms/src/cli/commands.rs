@@ -16,7 +16,7 @@ use kms::store::Store;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-fn actor(cli: &Cli) -> Result<Actor> {
+pub(super) fn actor(cli: &Cli) -> Result<Actor> {
     let name = cli
         .actor
         .clone()
@@ -115,6 +115,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Request(_) => "request",
         Command::Derive(_) => "derive",
         Command::Sd(_) => "sd",
+        Command::Custodian(_) => "custodian",
         Command::Bench(_) => "bench",
         Command::Audit(_) => "audit",
         Command::Serve => "serve",
@@ -163,6 +164,7 @@ async fn run_command(cli: &Cli) -> Result<()> {
         Command::Request(r) => request(cli, r).await,
         Command::Derive(d) => derive(cli, d).await,
         Command::Sd(c) => sd(cli, c).await,
+        Command::Custodian(c) => super::custodian::run(cli, c).await,
         Command::Bench(b) => crate::bench::run(cli, b).await,
         Command::Audit(a) => super::audit::run(cli, a).await,
         Command::Serve => super::serve::serve(cli).await,
@@ -248,7 +250,7 @@ fn create_request(
 /// (whose internal buffer would keep a copy that is never wiped) into a
 /// buffer allocated once and zeroized on drop. A component line is short;
 /// anything over 1 KiB is refused rather than reallocated.
-fn read_secret_line() -> Result<Zeroizing<String>> {
+pub(super) fn read_secret_line() -> Result<Zeroizing<String>> {
     use std::io::Read;
     use std::os::fd::AsFd;
     const MAX: usize = 1024;
@@ -526,7 +528,7 @@ async fn sd(cli: &Cli, cmd: &SdCommand) -> Result<()> {
     Ok(())
 }
 
-async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
+pub(super) async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
     let svc = service(cli, Role::User).await?;
     let req = svc.request(who, op).await?;
     print(cli.json, &req, || {
@@ -582,6 +584,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
             id,
             components,
             stdin,
+            pin_stdin,
         } => {
             let op = svc.approval(id).await?.operation;
             let svc = if op.needs_security_officer() {
@@ -599,7 +602,20 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 } => read_components(*components, algorithm.parse()?, *stdin)?,
                 _ => Vec::new(),
             };
-            let executed = svc.execute_with(&who, id, comps).await;
+            let executed = if op.needs_initial_pin() {
+                // The new person's first PIN: asked now, never part of the
+                // request; checked against the policy before it is used up.
+                let pin = super::custodian::read_new_pin(
+                    &format!(
+                        "Initial PIN for {}",
+                        op.custodian().unwrap_or("the new person")
+                    ),
+                    *pin_stdin,
+                )?;
+                svc.execute_enrolment(&who, id, pin).await
+            } else {
+                svc.execute_with(&who, id, comps).await
+            };
             if op.needs_security_officer() {
                 // Records made under the SO's login carry no MAC: close that
                 // login and countersign them at once under the user's (also

@@ -2,6 +2,7 @@
 
 mod audit;
 pub(crate) mod commands;
+mod custodian;
 mod output;
 mod serve;
 
@@ -49,6 +50,9 @@ pub enum Command {
     /// Security Domain bindings (TSM-DATA-1: one SD, one card).
     #[command(subcommand)]
     Sd(SdCommand),
+    /// Custodians, security officers and operators: enrolment, PINs, lock.
+    #[command(subcommand)]
+    Custodian(CustodianCommand),
     /// Measure raw PKCS#11 rates beside the same work through the key layer.
     Bench(BenchArgs),
     /// The audit trail: verify, search, export, report.
@@ -283,6 +287,84 @@ pub enum RequestCommand {
         /// Read components from standard input (see `key import --stdin`).
         #[arg(long)]
         stdin: bool,
+        /// For an enrolment: read the new person's initial PIN from
+        /// standard input (one line) instead of prompting twice, hidden.
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+}
+
+/// Who is enrolled, as `custodian bootstrap` and `custodian enroll` take it.
+#[derive(Args, Debug, Clone)]
+pub struct EnrolmentArgs {
+    /// Lower-case name: their actor in the audit trail, never reused.
+    #[arg(long)]
+    pub name: String,
+    /// custodian|security-officer|operator
+    #[arg(long)]
+    pub role: String,
+    /// SHA-256 fingerprint of their client certificate (colons allowed).
+    #[arg(long)]
+    pub cert_sha256: Option<String>,
+    /// When they may log in, e.g. "Mon-Fri 08:00-18:00 +08:00" (TSM-AC-5).
+    #[arg(long)]
+    pub login_window: Option<String>,
+    /// Idle timeout in seconds (60 to 3600; default 900).
+    #[arg(long)]
+    pub idle_timeout: Option<u32>,
+}
+
+/// PINs are never arguments: a hidden prompt, or standard input with
+/// `--pin-stdin` (for automation and tests).
+#[derive(Subcommand, Debug)]
+pub enum CustodianCommand {
+    /// Enrol the very first person, alone: a security officer. The initial
+    /// PIN is asked twice (hidden), and must be changed at first use.
+    Bootstrap {
+        #[command(flatten)]
+        who: EnrolmentArgs,
+        /// Read the initial PIN from standard input (one line).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Request the enrolment of a person (dual control; the initial PIN is
+    /// asked when the requester runs `kms request execute`).
+    Enroll {
+        #[command(flatten)]
+        who: EnrolmentArgs,
+    },
+    /// Request the removal of a person (dual control).
+    Remove {
+        #[arg(long)]
+        name: String,
+    },
+    /// Everyone ever enrolled, with their standing (never a PIN or hash).
+    List,
+    /// Check a person's PIN: exit 0 with their session (whether the PIN
+    /// must be changed, the idle timeout), exit 3 when refused.
+    Login {
+        #[arg(long)]
+        name: String,
+        /// Read the PIN from standard input (one line).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Change a person's PIN (the current one, then the new one twice).
+    ChangePin {
+        #[arg(long)]
+        name: String,
+        /// Read the current and the new PIN from standard input (two lines).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Re-enable a locked person; the actor (--actor) is the security
+    /// officer who does it, and cannot be the locked person.
+    Unlock {
+        #[arg(long)]
+        name: String,
+        /// How their identity was verified.
+        #[arg(long)]
+        reason: String,
     },
 }
 
