@@ -1069,3 +1069,30 @@ fn bench_api_measures_every_row_and_leaves_the_token_as_it_was() {
     assert!(b["api"]["api_over_raw_1"].as_f64().unwrap() > 0.0);
     assert_eq!(objects(&cli), before, "the bench left objects on the token");
 }
+
+/// TSM-AC-2: a server that does not come up leaves its cause in the trail
+/// (here: no TLS certificate at the configured path), not only on the
+/// terminal.
+#[test]
+fn tsm_ac2_a_failed_server_start_is_recorded_with_its_cause() {
+    let cli = Cli::new();
+    let o = cli.run(&["serve"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("server.crt"), "{}", o.stderr);
+    let found = cli.ok(&["--json", "audit", "search", "--action", "server.start"]);
+    let recs: Vec<serde_json::Value> = found
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 1, "{}", found.stdout);
+    assert_eq!(recs[0]["outcome"], "failure");
+    assert!(
+        recs[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("server.crt")),
+        "{}",
+        recs[0]
+    );
+    cli.ok(&["audit", "verify"]);
+}

@@ -3,6 +3,7 @@
 use super::output::print;
 use super::Cli;
 use anyhow::{Context, Result};
+use kms::audit::{AuditEvent, Outcome};
 use kms::config::Config;
 use kms::hsm::Role;
 use std::path::Path;
@@ -14,9 +15,30 @@ pub async fn serve(cli: &Cli) -> Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let signal = kms::server::shutdown_signal()?;
     let svc = super::commands::service(cli, Role::User).await?;
-    let running = kms::server::start(&cfg.server, svc)
-        .await
-        .context("starting the server")?;
+    let audit = svc.audit().clone();
+    let running = match kms::server::start(&cfg.server, svc).await {
+        Ok(r) => r,
+        Err(e) => {
+            // A server that does not come up is an act too: say why in the
+            // trail (file paths, addresses, policy errors; never a secret),
+            // not only on this terminal.
+            let recorded = audit
+                .record(AuditEvent {
+                    actor: "kms".into(),
+                    role: "system".into(),
+                    action: "server.start".into(),
+                    outcome: Some(Outcome::Failure),
+                    reason: Some(e.to_string()),
+                    source: Some("server".into()),
+                    ..Default::default()
+                })
+                .await;
+            if let Err(w) = recorded {
+                eprintln!("warning: could not record the failed start in the audit trail: {w}");
+            }
+            return Err(e).context("starting the server");
+        }
+    };
     eprintln!(
         "kms serve: admin API on https://{}, provisioning API on https://{}; Ctrl-C or SIGTERM stops it",
         running.addr_admin, running.addr_prov
