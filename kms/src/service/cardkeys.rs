@@ -313,6 +313,19 @@ pub struct EmvCardKeys {
     pub wrap: WrapAlg,
 }
 
+/// The issuer master keys a card-key request names: the one place that
+/// knows the `<issuer_keys>-ac/-smi/-smc` convention.
+pub(crate) fn issuer_key_names(prefix: &KeyName) -> Result<Vec<(KeyName, KeyUsage)>, ServiceError> {
+    [
+        ("ac", KeyUsage::ImkAc),
+        ("smi", KeyUsage::ImkSmi),
+        ("smc", KeyUsage::ImkSmc),
+    ]
+    .into_iter()
+    .map(|(suffix, usage)| Ok((KeyName::parse(&format!("{prefix}-{suffix}"))?, usage)))
+    .collect()
+}
+
 impl KeyService {
     /// The three IMKs of a request, checked for usage and family.
     async fn issuer_master_keys(
@@ -321,12 +334,7 @@ impl KeyService {
         prefix: &KeyName,
     ) -> Result<Vec<(KeyUsage, crate::hsm::KeyRef)>, ServiceError> {
         let mut out = Vec::with_capacity(3);
-        for (suffix, usage) in [
-            ("ac", KeyUsage::ImkAc),
-            ("smi", KeyUsage::ImkSmi),
-            ("smc", KeyUsage::ImkSmc),
-        ] {
-            let name = KeyName::parse(&format!("{prefix}-{suffix}"))?;
+        for (name, usage) in issuer_key_names(prefix)? {
             let (rec, _, r) = self.usable_for_protect(tenant, &name).await?;
             if rec.usage != usage || rec.algorithm.family() != KeyFamily::Tdes {
                 return Err(ServiceError::Invalid(format!(

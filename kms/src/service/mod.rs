@@ -19,6 +19,7 @@ mod reconcile;
 mod sessions;
 
 pub use approvals::{ApprovalRequest, Executed, Operation};
+pub(crate) use cardkeys::issuer_key_names;
 pub use cardkeys::{
     EmvCardKeys, EmvCardKeysRequest, SdBindingState, SdDiversification, SdRef, WrappedKey,
 };
@@ -29,6 +30,7 @@ pub use custodians::{
 pub use error::{AuthRefusal, ServiceError, SessionRefusal};
 pub use keys::{CreateKey, ExportedKey, ImportComponents, ImportedKey, KeyView};
 pub use reconcile::{Finding, ReconcileMode, ReconcileReport};
+pub(crate) use sessions::key_set_names;
 pub use sessions::{
     Scp02Diversification, Scp02Request, Scp02Session, Scp03Diversification, Scp03Request,
     Scp03Session,

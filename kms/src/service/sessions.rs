@@ -158,8 +158,10 @@ enum Scp {
     Scp03,
 }
 
-/// The keys a request names: three static keys, or one KMC.
-fn key_set_names(
+/// The keys a request names: three static keys, or one KMC. The one place
+/// that knows the `<key_set>-enc/-mac/-dek` convention (the API's policy
+/// check asks it too).
+pub(crate) fn key_set_names(
     key_set: &KeyName,
     diversified: bool,
 ) -> Result<Vec<(KeyName, KeyUsage)>, ServiceError> {

@@ -11,8 +11,8 @@ use crate::model::{KeyName, Tenant};
 use crate::server::conn::Peer;
 use crate::server::problem::Code;
 use crate::service::{
-    EmvCardKeysRequest, Scp02Diversification, Scp02Request, Scp03Diversification, Scp03Request,
-    SdRef, WrappedKey,
+    issuer_key_names, key_set_names, EmvCardKeysRequest, Scp02Diversification, Scp02Request,
+    Scp03Diversification, Scp03Request, SdRef, WrappedKey,
 };
 use crate::store::KeyRecord;
 use axum::body::Bytes;
@@ -83,15 +83,15 @@ fn wrapping(kek: &KeyName, alg: WrapAlg) -> wire::Wrapping {
     }
 }
 
-/// The static keys a session request names, by its diversification.
-fn static_keys(key_set: &KeyName, diversified: bool) -> Result<Vec<(KeyName, KeyRole)>, String> {
-    if diversified {
-        return Ok(vec![(key_set.clone(), KeyRole::StaticKeys)]);
-    }
-    ["enc", "mac", "dek"]
-        .iter()
-        .map(|s| name("key_set", &format!("{key_set}-{s}")).map(|n| (n, KeyRole::StaticKeys)))
-        .collect()
+/// The keys a request names, each in its role for the policy (the naming
+/// convention is the service's: `key_set_names`, `issuer_key_names`).
+fn in_role(
+    names: Result<Vec<(KeyName, crate::model::KeyUsage)>, crate::service::ServiceError>,
+    role: KeyRole,
+) -> Result<Vec<(KeyName, KeyRole)>, String> {
+    names
+        .map(|v| v.into_iter().map(|(n, _)| (n, role)).collect())
+        .map_err(|e| e.to_string())
 }
 
 /// Admission, body and tenant: what every endpoint with a body starts with.
@@ -172,9 +172,12 @@ pub(super) async fn scp02(
             card_cryptogram: bytes("card_cryptogram", &w.card_cryptogram)?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
         };
-        let mut keys = static_keys(
-            &req.key_set,
-            req.diversification != Scp02Diversification::None,
+        let mut keys = in_role(
+            key_set_names(
+                &req.key_set,
+                req.diversification != Scp02Diversification::None,
+            ),
+            KeyRole::StaticKeys,
         )?;
         keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
         Ok(Checked {
@@ -232,9 +235,12 @@ pub(super) async fn scp03(
             card_cryptogram: bytes("card_cryptogram", &w.card_cryptogram)?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
         };
-        let mut keys = static_keys(
-            &req.key_set,
-            req.diversification != Scp03Diversification::None,
+        let mut keys = in_role(
+            key_set_names(
+                &req.key_set,
+                req.diversification != Scp03Diversification::None,
+            ),
+            KeyRole::StaticKeys,
         )?;
         keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
         Ok(Checked {
@@ -290,13 +296,7 @@ pub(super) async fn emv_card_keys(
             sd: SdRef::parse(&w.se_id, &w.sd_aid).map_err(|e| e.to_string())?,
             transport_kek: name("transport_kek", &w.transport_kek)?,
         };
-        let mut keys = ["ac", "smi", "smc"]
-            .iter()
-            .map(|s| {
-                name("issuer_keys", &format!("{}-{s}", req.issuer_keys))
-                    .map(|n| (n, KeyRole::IssuerMasterKey))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = in_role(issuer_key_names(&req.issuer_keys), KeyRole::IssuerMasterKey)?;
         keys.push((req.transport_kek.clone(), KeyRole::TransportKek));
         Ok(Checked {
             tenant: req.tenant.clone(),
