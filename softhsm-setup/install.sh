@@ -3,7 +3,8 @@
 #
 #   softhsm-setup/install.sh [--postgres] [--print-module] [--quiet]
 #
-#   (always)        SoftHSM2 (softhsm2-util and the PKCS#11 module libsofthsm2.so)
+#   (always)        SoftHSM2 (softhsm2-util and the PKCS#11 module libsofthsm2.so),
+#                   and tmux (the ceremony runner's interactive test)
 #   --browser       also Debian's chromium (the audit report's browser test)
 #   --postgres      also PostgreSQL's server binaries (/usr/lib/postgresql/*/bin);
 #                   the system service is NOT started: the tests start their own
@@ -72,6 +73,8 @@ have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && 
 
 pkgs=()
 have_softhsm || pkgs+=(softhsm2 libsofthsm2)
+# The ceremony runner's interactive test drives a pseudo-terminal with tmux.
+command -v tmux >/dev/null 2>&1 || pkgs+=(tmux)
 if [[ $want_postgres == 1 ]] && ! have_postgres; then
     # The metapackage follows Debian's supported major version (15 on bookworm).
     pkgs+=(postgresql)

@@ -1,1 +1,15 @@
-//! Custodian ceremony tooling (issue 5 builds the scripted ceremonies here).
+//! Custodian key ceremonies (issue 5): scripts in `policies/ceremonies/`,
+//! run at a terminal for the people in the room or driven by an answers
+//! file, each run ending in a transcript signed by the KMS and recorded in
+//! its audit trail.
+
+pub mod approval;
+pub mod console;
+pub mod runner;
+pub mod script;
+pub mod service;
+
+pub use console::{Answers, Console, ScriptedConsole, TerminalConsole};
+pub use runner::{preflight, run, RunError};
+pub use script::{Script, ScriptError, Step};
+pub use service::{Kms, KmsAccess};

@@ -762,14 +762,14 @@ async fn measure(
             usage: KeyUsage::TransportKek.as_str().into(),
             kcv: None,
         };
-        let r = svc.request(&who, op).await?;
-        svc.approve(&Actor::parse("bench-approver")?, &r.id, &r.digest)
-            .await?;
+        let people = BenchPeople::found(&svc).await?;
+        let r = svc.request(&people.officer, op).await?;
+        people.approve(&svc, &r.id, &r.digest).await?;
         drop(svc);
         let so = service(cfg, db, Role::SecurityOfficer)
             .await
             .context("the bench needs the SO PIN to create its trusted transport KEK")?;
-        match so.execute(&who, &r.id).await? {
+        match so.execute(&people.officer, &r.id).await? {
             kms::service::Executed::Key(k) => k,
             _ => bail!("the trusted-KEK request did not return a key"),
         }
@@ -814,6 +814,93 @@ async fn measure(
 }
 
 /// Destroy, straight off the token, every object the bench made (its keys
+/// The two people of the bench's throw-away database (issue 5: requests
+/// are made and approved by enrolled people who proved their PIN): an
+/// officer who requests, a custodian who approves with a signature.
+struct BenchPeople {
+    officer: kms::service::CustodianSession,
+    approver: kms::service::CustodianSession,
+    approver_key_pem: zeroize::Zeroizing<String>,
+    approver_cert: Vec<u8>,
+}
+
+impl BenchPeople {
+    async fn found(svc: &KeyService) -> Result<BenchPeople> {
+        use kms::model::{CustodianName, CustodianRole, Pin};
+        use kms::service::Enrolment;
+        let now = time::OffsetDateTime::now_utc;
+        let mut made = Vec::new();
+        for (name, role) in [
+            ("bench-officer", CustodianRole::SecurityOfficer),
+            ("bench-approver", CustodianRole::Custodian),
+        ] {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, name.to_owned());
+            let cert = p.self_signed(&key)?.der().to_vec();
+            let (first, pin) = (bench_pin(), bench_pin());
+            let enrolment = Enrolment {
+                name: CustodianName::parse(name)?,
+                role,
+                cert_sha256: Some(kms::crypto::approval::cert_sha256(&cert)),
+                login_window: None,
+                idle_timeout_seconds: None,
+                initial_pin: Pin::new(first.as_str()),
+            };
+            match made.first() {
+                None => svc.enroll(&Actor::parse("bench")?, enrolment).await?,
+                Some((officer, _, _)) => svc.enroll_founding(officer, enrolment).await?,
+            };
+            let session = svc
+                .change_pin(
+                    name,
+                    &Pin::new(first.as_str()),
+                    &Pin::new(pin.as_str()),
+                    now(),
+                )
+                .await?;
+            made.push((session, zeroize::Zeroizing::new(key.serialize_pem()), cert));
+        }
+        let mut made = made.into_iter();
+        let (Some((officer, _, _)), Some((approver, approver_key_pem, approver_cert))) =
+            (made.next(), made.next())
+        else {
+            bail!("the bench's people were not enrolled");
+        };
+        svc.close_founding(&officer).await?;
+        Ok(BenchPeople {
+            officer,
+            approver,
+            approver_key_pem,
+            approver_cert,
+        })
+    }
+
+    async fn approve(&self, svc: &KeyService, id: &str, digest: &str) -> Result<()> {
+        use kms::crypto::approval::{approval_message, sign_approval, ApprovalSignature};
+        let msg = approval_message(id, digest, self.approver.name().as_str());
+        let sig = ApprovalSignature {
+            cert_der: self.approver_cert.clone(),
+            signature: sign_approval(&self.approver_key_pem, &msg)?,
+        };
+        svc.approve(&self.approver, id, digest, &sig).await?;
+        Ok(())
+    }
+}
+
+/// A random 12-digit PIN (re-drawn in the unlikely case the PIN policy
+/// would call it weak).
+fn bench_pin() -> zeroize::Zeroizing<String> {
+    loop {
+        let pin =
+            zeroize::Zeroizing::new(format!("{:012}", rand::random::<u64>() % 1_000_000_000_000));
+        if kms::model::PinPolicy::default().check(&pin).is_ok() {
+            return pin;
+        }
+    }
+}
+
 /// and the audit and response-signing keys of its throw-away database), so
 /// `kms status` stays consistent.
 async fn clean_up(

@@ -405,17 +405,24 @@ impl Config {
                 .as_ref()
                 .ok_or(ConfigError::Missing("hsm.so_pin (or KMS_SO_PIN_FILE)"))?,
         };
+        Ok(self.hsm_with_pin(role, source.read()?))
+    }
+
+    /// The HSM settings for a login as `role` with a PIN obtained at run
+    /// time rather than from the configured source: a sealed deployment's
+    /// user PIN is derived from the custodians' shares (`crate::seal`).
+    pub fn hsm_with_pin(&self, role: Role, pin: Zeroizing<String>) -> HsmConfig {
         if let Some(conf) = &self.softhsm2_conf {
             // SoftHSM reads this once, at C_Initialize; set it before loading.
             std::env::set_var("SOFTHSM2_CONF", conf);
         }
-        Ok(HsmConfig {
+        HsmConfig {
             module: self.module.clone(),
             token_label: self.token_label.clone(),
-            pin: source.read()?,
+            pin,
             role,
             max_sessions: self.max_sessions,
-        })
+        }
     }
 }
 

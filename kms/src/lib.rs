@@ -15,6 +15,7 @@ pub mod derivation;
 pub mod hsm;
 pub mod model;
 pub mod policy;
+pub mod seal;
 pub mod server;
 pub mod service;
 pub mod store;

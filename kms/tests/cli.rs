@@ -3,6 +3,8 @@
 //! human and JSON output, and exit codes that tell usage errors (2),
 //! refusals (3) and failures (1) apart.
 
+use kms::model::CustodianRole;
+use kms_e2e::people::Person;
 use kms_e2e::token::{module_path, TestToken, LABEL};
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +15,9 @@ struct Cli {
     config: PathBuf,
     /// Custodians' PINs given so far: no command may print them.
     pins: std::cell::RefCell<Vec<String>>,
+    /// The people founded by `found` (issue 5), their keys and
+    /// certificates in files beside the configuration.
+    people: std::cell::RefCell<Vec<Person>>,
 }
 
 struct Out {
@@ -42,6 +47,7 @@ impl Cli {
             token,
             config,
             pins: Default::default(),
+            people: Default::default(),
         }
     }
 
@@ -121,28 +127,27 @@ impl Cli {
         );
     }
 
-    /// i/imk from the known components, and a trusted transport KEK i/tk
-    /// made under dual control.
+    /// i/imk from the known components (an import is a quorum operation:
+    /// alice requests, bob approves, alice executes entering them), and a
+    /// trusted transport KEK i/tk made under dual control.
     fn imk_and_transport_kek(&self, comps: &str) {
-        let o = self.run_with(
-            &[
-                "key",
-                "import",
-                "-t",
-                "i",
-                "imk",
-                "--alg",
-                "tdes-2key",
-                "--usage",
-                "imk-ac",
-                "--components",
-                "3",
-                "--stdin",
-                "--kcv",
-                "DD4D44",
-            ],
-            Some(comps),
-        );
+        if self.people.borrow().is_empty() {
+            self.found();
+        }
+        let import = [
+            "key",
+            "import",
+            "-t",
+            "i",
+            "imk",
+            "--alg",
+            "tdes-2key",
+            "--usage",
+            "imk-ac",
+            "--kcv",
+            "DD4D44",
+        ];
+        let o = self.dual_control_with("alice", &import, &["--components", "3", "--stdin"], comps);
         assert_eq!(o.code, 0, "{}", o.stderr);
         let tk = [
             "key",
@@ -156,7 +161,98 @@ impl Cli {
             "transport-kek",
             "--trusted",
         ];
-        assert_eq!(self.dual_control_as("so", &tk).code, 0);
+        assert_eq!(self.dual_control_as("so1", &tk).code, 0);
+    }
+
+    /// Issue 5: the founding through the CLI. so1 (security officer) is
+    /// bootstrapped, enrols alice and bob (custodians) alone, each bound to
+    /// a certificate whose key is in a file; each changes the initial PIN;
+    /// so1 closes the founding.
+    fn found(&self) {
+        let people = vec![
+            Person::new("so1", CustodianRole::SecurityOfficer),
+            Person::new("alice", CustodianRole::Custodian),
+            Person::new("bob", CustodianRole::Custodian),
+        ];
+        let so1_pin = people[0].pin.clone();
+        for (i, p) in people.iter().enumerate() {
+            self.pin(&p.pin);
+            self.pin(&p.initial_pin);
+            let dir = self.token.dir.path();
+            std::fs::write(dir.join(format!("{}.key", p.name)), &p.key_pem).unwrap();
+            std::fs::write(dir.join(format!("{}.pem", p.name)), &p.cert_pem).unwrap();
+            let fp = p.cert_sha256();
+            let mut args = vec![];
+            let mut input = String::new();
+            if i > 0 {
+                args.extend(["--as", "so1"]);
+                input.push_str(&format!("{so1_pin}\n"));
+            }
+            args.extend([
+                "custodian",
+                "bootstrap",
+                "--name",
+                &p.name,
+                "--role",
+                p.role.as_str(),
+                "--cert-sha256",
+                &fp,
+                "--pin-stdin",
+            ]);
+            input.push_str(&format!("{}\n", p.initial_pin));
+            let o = self.run_with(&args, Some(&input));
+            assert_eq!(o.code, 0, "enrol {}: {}", p.name, o.stderr);
+            let o = self.run_with(
+                &["custodian", "change-pin", "--name", &p.name, "--pin-stdin"],
+                Some(&format!("{}\n{}\n", p.initial_pin, p.pin)),
+            );
+            assert_eq!(o.code, 0, "{}'s PIN: {}", p.name, o.stderr);
+        }
+        let o = self.run_with(
+            &["--as", "so1", "custodian", "close-founding", "--pin-stdin"],
+            Some(&format!("{so1_pin}\n")),
+        );
+        assert_eq!(o.code, 0, "close the founding: {}", o.stderr);
+        *self.people.borrow_mut() = people;
+    }
+
+    /// The PIN of a founded person.
+    fn pin_of(&self, name: &str) -> String {
+        self.people
+            .borrow()
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.pin.clone())
+            .unwrap_or_else(|| panic!("{name} was not founded"))
+    }
+
+    /// A command run `--as` a founded person, their PIN on standard input.
+    fn as_person(&self, name: &str, args: &[&str]) -> Out {
+        let mut a = vec!["--as", name];
+        a.extend_from_slice(args);
+        self.run_with(&a, Some(&format!("{}\n", self.pin_of(name))))
+    }
+
+    /// `request approve` as `approver`, signed with their key file.
+    fn approve(&self, approver: &str, id: &str, digest: &str) -> Out {
+        let dir = self.token.dir.path();
+        let key = dir.join(format!("{approver}.key"));
+        let cert = dir.join(format!("{approver}.pem"));
+        self.as_person(
+            approver,
+            &[
+                "request",
+                "approve",
+                id,
+                "--digest",
+                digest,
+                "--key",
+                key.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--pin-stdin",
+            ],
+        )
     }
 
     /// request (alice) -> approve (bob) -> execute (alice)
@@ -165,15 +261,30 @@ impl Cli {
     }
 
     fn dual_control_as(&self, requester: &str, request: &[&str]) -> Out {
-        let mut a = vec!["--actor", requester];
+        self.dual_control_with(requester, request, &[], "")
+    }
+
+    /// request (`requester`) -> approve (bob, signed) -> execute
+    /// (`requester`, with `exec` arguments and `input` after the PIN).
+    fn dual_control_with(
+        &self,
+        requester: &str,
+        request: &[&str],
+        exec: &[&str],
+        input: &str,
+    ) -> Out {
+        let mut a = vec!["--json"];
         a.extend_from_slice(request);
-        let req = self.json(&a);
+        let o = self.as_person(requester, &a);
+        assert_eq!(o.code, 0, "{request:?}: {}", o.stderr);
+        let req: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         let id = req["id"].as_str().unwrap().to_owned();
         let digest = req["digest"].as_str().unwrap().to_owned();
-        self.ok(&[
-            "--actor", "bob", "request", "approve", &id, "--digest", &digest,
-        ]);
-        self.run(&["--actor", requester, "request", "execute", &id])
+        let o = self.approve("bob", &id, &digest);
+        assert_eq!(o.code, 0, "approve: {}", o.stderr);
+        let mut a = vec!["--as", requester, "request", "execute", &id, "--pin-stdin"];
+        a.extend_from_slice(exec);
+        self.run_with(&a, Some(&format!("{}\n{input}", self.pin_of(requester))))
     }
 }
 
@@ -181,6 +292,7 @@ impl Cli {
 fn cli_key_lifecycle_and_exit_codes() {
     let cli = Cli::new();
     cli.ok(&["init"]);
+    cli.found();
     cli.ok(&["status"]);
     let o = cli.ok(&[
         "key",
@@ -226,15 +338,16 @@ fn cli_key_lifecycle_and_exit_codes() {
         "transport-kek",
         "--trusted",
     ];
-    let mut alone = vec!["--actor", "so"];
-    alone.extend_from_slice(&tk);
-    let alone = cli.ok(&alone);
+    let alone = cli.as_person("so1", &tk);
+    assert_eq!(alone.code, 0, "{}", alone.stderr);
     assert!(
         alone.stdout.contains("needs 1 approval"),
         "{}",
         alone.stdout
     );
-    let trusted = cli.dual_control_as("so", &tk);
+    // Without --as nobody asks for anything.
+    cli.code(&tk, 2, "--as NAME");
+    let trusted = cli.dual_control_as("so1", &tk);
     assert_eq!(trusted.code, 0, "{}", trusted.stderr);
     assert!(trusted.stdout.contains("trusted"), "{}", trusted.stdout);
 
@@ -328,8 +441,17 @@ fn cli_key_lifecycle_and_exit_codes() {
         "{}",
         exported.stdout
     );
+    // An export of a non-exportable key is refused when it would run.
     let refused = cli.dual_control(&["key", "export", "-t", "issuer-a", "kmc", "--kek", "tk"]);
     assert_eq!(refused.code, 3, "{}", refused.stderr);
+    // Every approval so far is signed, and verifies from the trail alone.
+    let o = cli.ok(&["request", "verify-approvals"]);
+    assert!(
+        o.stdout
+            .contains("re-checked from the audit trail alone; 0 do not verify"),
+        "{}",
+        o.stdout
+    );
     let destroyed =
         cli.dual_control(&["key", "destroy", "-t", "issuer-a", "enc", "--version", "1"]);
     assert_eq!(destroyed.code, 0, "{}", destroyed.stderr);
@@ -358,7 +480,10 @@ fn cli_key_lifecycle_and_exit_codes() {
 fn km1_cli_imports_known_key_from_components_on_stdin() {
     let cli = Cli::new();
     cli.ok(&["init"]);
-    // The first TDES known answer: three components, KCV DD4D44.
+    cli.found();
+    // The first TDES known answer: three components, KCV DD4D44. An import
+    // is a quorum operation (issue 5): requested, approved, then executed
+    // by the requester while the custodians enter their components.
     let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
     let args = [
         "key",
@@ -370,13 +495,11 @@ fn km1_cli_imports_known_key_from_components_on_stdin() {
         "tdes-2key",
         "--usage",
         "imk-ac",
-        "--components",
-        "3",
-        "--stdin",
     ];
+    let exec = ["--components", "3", "--stdin"];
     let mut wrong = args.to_vec();
     wrong.extend(["--kcv", "000000"]);
-    let o = cli.run_with(&wrong, Some(comps));
+    let o = cli.dual_control_with("alice", &wrong, &exec, comps);
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("check value"), "{}", o.stderr);
     assert_eq!(
@@ -389,7 +512,7 @@ fn km1_cli_imports_known_key_from_components_on_stdin() {
     );
     let mut right = args.to_vec();
     right.extend(["--kcv", "DD4D44"]);
-    let o = cli.run_with(&right, Some(comps));
+    let o = cli.dual_control_with("alice", &right, &exec, comps);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("DD4D44"), "{}", o.stdout);
     for line in comps.lines() {
@@ -399,7 +522,10 @@ fn km1_cli_imports_known_key_from_components_on_stdin() {
         );
     }
     // Malformed hex: a usage error that does not echo the input.
-    let o = cli.run_with(&right, Some("29C2706DC7D6913E13CDB901948FE3ZZ\n"));
+    let mut again = args.to_vec();
+    again[4] = "imk2";
+    again.extend(["--kcv", "DD4D44"]);
+    let o = cli.dual_control_with("alice", &again, &exec, "29C2706DC7D6913E13CDB901948FE3ZZ\n");
     assert_eq!(o.code, 2);
     assert!(!o.stderr.contains("29C2706D"), "{}", o.stderr);
 }
@@ -434,6 +560,16 @@ fn tsm_ac1_wrong_pin_and_missing_module_are_failures() {
 #[test]
 fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.found();
+    // A changed policy, for a policy-change request.
+    let policy_file = cli.token.dir.path().join("keys.toml");
+    std::fs::write(
+        &policy_file,
+        include_str!("../../policies/keys.toml")
+            .replace("request_ttl_minutes = 60", "request_ttl_minutes = 30"),
+    )
+    .unwrap();
     let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
     let pan = "4304749924883220";
     // (arguments, the action its record carries)
@@ -477,16 +613,53 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
             "key.state",
         ),
         (
-            vec!["key", "destroy", "-t", "i", "kmc", "--version", "1"],
+            vec![
+                "--as",
+                "alice",
+                "key",
+                "destroy",
+                "-t",
+                "i",
+                "kmc",
+                "--version",
+                "1",
+            ],
             "request.create",
         ),
         (
-            vec!["key", "compromise", "-t", "i", "kmc", "--reason", "test"],
+            vec![
+                "--as",
+                "alice",
+                "key",
+                "compromise",
+                "-t",
+                "i",
+                "kmc",
+                "--reason",
+                "test",
+            ],
             "request.create",
         ),
         (
-            vec!["key", "export", "-t", "i", "kmc", "--kek", "kmc"],
+            vec![
+                "--as", "alice", "key", "export", "-t", "i", "kmc", "--kek", "kmc",
+            ],
             "request.create",
+        ),
+        (
+            vec![
+                "--as",
+                "so1",
+                "request",
+                "policy-change",
+                "--file",
+                policy_file.to_str().unwrap(),
+            ],
+            "request.create",
+        ),
+        (
+            vec!["request", "verify-approvals"],
+            "request.verify-approvals",
         ),
         (vec!["audit", "verify"], "audit.verify"),
         (vec!["audit", "search", "--action", "key.*"], "audit.search"),
@@ -496,7 +669,12 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         (vec!["custodian", "list"], "custodian.list"),
     ];
     for (args, _) in &commands {
-        let o = cli.run(args);
+        // The PIN of the person a request is made `--as`.
+        let input = match args.iter().position(|a| *a == "--as") {
+            Some(i) => format!("{}\n", cli.pin_of(args[i + 1])),
+            None => String::new(),
+        };
+        let o = cli.run_with(args, Some(&input));
         assert!(o.code == 0, "{args:?}: {}", o.stderr);
     }
     // Component import, dual control and a derivation with a PAN.
@@ -544,11 +722,16 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         "cli.key",
         "service.open",
         "service.close",
-        "key.import",
         "request.approve",
         "request.execute",
         "derive.emv-card",
         "request.create",
+        // Issue 5: the founding, logins and the adopted policy.
+        "policy.adopt",
+        "custodian.enroll",
+        "custodian.change-pin",
+        "custodian.login",
+        "custodian.close-founding",
     ] {
         assert!(actions.contains(&action), "no {action} record");
     }
@@ -577,6 +760,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     secrets.push(pan.into());
     secrets.push(cli.token.user_pin.clone());
     secrets.push(cli.token.so_pin.clone());
+    secrets.extend(cli.pins.borrow().iter().cloned());
     for s in &secrets {
         assert!(
             !all.contains(s.as_str()) && !all.contains(&s.to_lowercase()),
@@ -666,27 +850,22 @@ impl Cli {
         o
     }
 
-    /// A custodian request by `requester`, approved by bob (not enrolled),
-    /// executed by `requester` with `input` on stdin.
-    fn custodian_request(&self, requester: &str, request: &[&str], input: &str) -> Out {
-        let mut a = vec!["--actor", requester, "custodian"];
+    /// A custodian request by `requester` (whose PIN is `pin`), approved
+    /// by bob (enrolled during the founding, signing with his key),
+    /// executed by `requester` with `input` on stdin after their PIN.
+    fn custodian_request(&self, requester: &str, pin: &str, request: &[&str], input: &str) -> Out {
+        let mut a = vec!["--json", "--as", requester, "custodian"];
         a.extend_from_slice(request);
-        let req = self.json(&a);
+        let o = self.with_pin(&a, &format!("{pin}\n"));
+        assert_eq!(o.code, 0, "{request:?}: {}", o.stderr);
+        let req: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         let id = req["id"].as_str().unwrap().to_owned();
         let digest = req["digest"].as_str().unwrap().to_owned();
-        self.ok(&[
-            "--actor", "bob", "request", "approve", &id, "--digest", &digest,
-        ]);
+        let o = self.approve("bob", &id, &digest);
+        assert_eq!(o.code, 0, "approve: {}", o.stderr);
         self.with_pin(
-            &[
-                "--actor",
-                requester,
-                "request",
-                "execute",
-                &id,
-                "--pin-stdin",
-            ],
-            input,
+            &["--as", requester, "request", "execute", &id, "--pin-stdin"],
+            &format!("{pin}\n{input}"),
         )
     }
 }
@@ -749,9 +928,15 @@ fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
         "--idle-timeout",
         "600",
     ];
-    let mut early = vec!["--actor", "so1", "custodian"];
+    let mut early = vec!["--as", "so1", "custodian"];
     early.extend_from_slice(&enrol_so2);
-    cli.code(&early, 3, "must change the initial PIN");
+    let o = cli.with_pin(&early, &format!("{first}\n"));
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("must change the initial PIN"),
+        "{}",
+        o.stderr
+    );
     let o = cli.with_pin(
         &["custodian", "change-pin", "--name", "so1", "--pin-stdin"],
         &format!("{first}\n{so1_pin}\n"),
@@ -760,8 +945,46 @@ fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
     cli.login("so1", &first, 3, "wrong PIN");
     cli.login("so1", &so1_pin, 0, "\"must_change_pin\": false");
 
+    // Issue 5: the founding. so1 enrols bob (a custodian who can approve)
+    // alone, then closes it; from now on enrolments are dual-controlled.
+    let bob = Person::new("bob", CustodianRole::Custodian);
+    cli.pin(&bob.pin);
+    cli.pin(&bob.initial_pin);
+    let dir = cli.token.dir.path();
+    std::fs::write(dir.join("bob.key"), &bob.key_pem).unwrap();
+    std::fs::write(dir.join("bob.pem"), &bob.cert_pem).unwrap();
+    let fp = bob.cert_sha256();
+    let o = cli.with_pin(
+        &[
+            "--as",
+            "so1",
+            "custodian",
+            "bootstrap",
+            "--name",
+            "bob",
+            "--role",
+            "custodian",
+            "--cert-sha256",
+            &fp,
+            "--pin-stdin",
+        ],
+        &format!("{so1_pin}\n{}\n", bob.initial_pin),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = cli.with_pin(
+        &["custodian", "change-pin", "--name", "bob", "--pin-stdin"],
+        &format!("{}\n{}\n", bob.initial_pin, bob.pin),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    *cli.people.borrow_mut() = vec![bob];
+    let o = cli.with_pin(
+        &["--as", "so1", "custodian", "close-founding", "--pin-stdin"],
+        &format!("{so1_pin}\n"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
     // A second officer, under dual control; the initial PIN at execution.
-    let o = cli.custodian_request("so1", &enrol_so2, &format!("{so2_first}\n"));
+    let o = cli.custodian_request("so1", &so1_pin, &enrol_so2, &format!("{so2_first}\n"));
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
         o.stdout.contains("so2 (security-officer) enrolled"),
@@ -786,8 +1009,12 @@ fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
     cli.login("so1", &wrong, 3, "now locked");
     cli.login("so1", &so1_pin, 3, "is locked");
     let list = cli.json(&["custodian", "list"]);
-    let so1 = &list.as_array().unwrap()[0];
-    assert_eq!(so1["name"], "so1");
+    let so1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "so1")
+        .unwrap();
     assert!(so1["locked_at"].is_string(), "{so1}");
     assert!(cli.ok(&["custodian", "list"]).stdout.contains("LOCKED"));
 
@@ -809,7 +1036,7 @@ fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
     cli.code(
         &[
             "--actor",
-            "bob",
+            "mallory",
             "custodian",
             "unlock",
             "--name",
@@ -847,7 +1074,7 @@ fn auth_pin_lock_cli_bootstrap_login_lock_and_unlock() {
     cli.login("so1", &so1_pin, 0, "\"must_change_pin\": false");
 
     // Removal under dual control; the removed person can no longer log in.
-    let o = cli.custodian_request("so1", &["remove", "--name", "so2"], "");
+    let o = cli.custodian_request("so1", &so1_pin, &["remove", "--name", "so2"], "");
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("removed"), "{}", o.stdout);
     cli.login("so2", &so2_pin, 3, "was removed");

@@ -71,6 +71,15 @@ fn rand_byte() -> u8 {
     (h.finish() & 0xff) as u8
 }
 
+/// Argon2id parameters cheap enough for tests (the PIN rules are the
+/// shipped ones).
+pub fn cheap_pins() -> kms::service::CustodianSettings {
+    kms::service::CustodianSettings {
+        pin_policy: kms::model::PinPolicy::default(),
+        hasher: Arc::new(kms::crypto::PinHasher::new(1024, 1, 1).expect("params")),
+    }
+}
+
 impl TestKms {
     pub async fn new() -> TestKms {
         let token = TestToken::new();
@@ -172,9 +181,9 @@ impl TestKms {
     }
 
     /// A trusted transport KEK with a known value (so tests can unwrap in
-    /// software), through dual control: the security officer requests it,
-    /// bob approves, the security officer executes under the SO login while
-    /// custodians enter the components.
+    /// software), through dual control: the security officer so1 requests
+    /// it, bob approves, so1 executes under the SO login while custodians
+    /// enter the components (the standard people founded first if needed).
     pub async fn trusted_kek(
         &mut self,
         t: &str,
@@ -190,15 +199,16 @@ impl TestKms {
             usage: KeyUsage::TransportKek.as_str().into(),
             kcv: Some(expected_kcv.to_string()),
         };
-        let so_actor = actor("security-officer");
-        let req = self.svc().request(&so_actor, op).await.expect("request");
-        self.svc()
-            .approve(&actor("bob"), &req.id, &req.digest)
+        crate::people::ensure_founded(self.svc()).await;
+        let so1 = crate::people::person("so1").session(self.svc()).await;
+        let req = self.svc().request(&so1, op).await.expect("request");
+        crate::people::person("bob")
+            .approve(self.svc(), &req.id)
             .await
             .expect("approve");
         self.as_security_officer(|so| async move {
             match so
-                .execute_with(&so_actor, &req.id, components)
+                .execute_with(&so1, &req.id, components)
                 .await
                 .expect("trusted KEK")
             {
@@ -210,7 +220,8 @@ impl TestKms {
     }
 }
 
-/// Export through dual control: alice requests, bob approves, alice executes.
+/// Export through dual control: alice requests, bob approves, alice
+/// executes (the standard people founded first if needed).
 pub async fn export_approved(
     svc: &KeyService,
     t: &str,
@@ -225,9 +236,11 @@ pub async fn export_approved(
         kek: kek.into(),
         wrap: wrap.map(str::to_owned),
     };
-    let req = svc.request(&actor("alice"), op).await?;
-    svc.approve(&actor("bob"), &req.id, &req.digest).await?;
-    match svc.execute(&actor("alice"), &req.id).await? {
+    crate::people::ensure_founded(svc).await;
+    let alice = crate::people::person("alice").session(svc).await;
+    let req = svc.request(&alice, op).await?;
+    crate::people::person("bob").approve(svc, &req.id).await?;
+    match svc.execute(&alice, &req.id).await? {
         kms::service::Executed::Exported(e) => Ok(e),
         other => panic!("export returned {other:?}"),
     }
@@ -246,9 +259,11 @@ pub async fn destroy_approved(
         version,
         reason: Some("test".into()),
     };
-    let req = svc.request(&actor("alice"), op).await?;
-    svc.approve(&actor("bob"), &req.id, &req.digest).await?;
-    match svc.execute(&actor("alice"), &req.id).await? {
+    crate::people::ensure_founded(svc).await;
+    let alice = crate::people::person("alice").session(svc).await;
+    let req = svc.request(&alice, op).await?;
+    crate::people::person("bob").approve(svc, &req.id).await?;
+    match svc.execute(&alice, &req.id).await? {
         kms::service::Executed::Key(k) => Ok(k),
         other => panic!("destroy returned {other:?}"),
     }

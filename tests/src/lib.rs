@@ -1,6 +1,7 @@
 //! Shared fixtures for the end-to-end tests.
 pub mod client;
 pub mod fixture;
+pub mod people;
 pub mod pg;
 pub mod pki;
 pub mod reference;

@@ -182,6 +182,27 @@ pub fn suspicious_values_in_sqlite(path: &Path) -> Vec<String> {
                 }
                 continue;
             }
+            // Issue 5: an approver's ECDSA signature (DER, at most 72
+            // bytes) and their public certificate (DER), both hex; the
+            // installation's facts (names, the adopted policy's SHA-256).
+            ("approvals", "signature") => {
+                if !(text.len() <= 144 && text.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    found.push(format!("{}: not an ECDSA signature", cell.place()));
+                }
+                continue;
+            }
+            ("approvals", "approver_cert") => {
+                let der = hex::decode(text).unwrap_or_default();
+                if x509_parser_like(&der).is_none() {
+                    found.push(format!("{}: not a certificate", cell.place()));
+                }
+                continue;
+            }
+            ("kms_state", "fact")
+                if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                continue;
+            }
             ("key_versions", "kcv") => {
                 if !(text.len() <= 10 && text.bytes().all(|b| b.is_ascii_hexdigit())) {
                     found.push(format!(
@@ -368,16 +389,44 @@ fn strip_chain_fields(body: &str) -> String {
             if let Some(serde_json::Value::Object(d)) = m.get_mut("details") {
                 // Hashes by design, or public card data (the KDD is sent in
                 // clear), or a certificate's fingerprint.
+                // Issue 5: an approval's signature and the approver's
+                // public certificate.
                 d.retain(|k, _| {
-                    !["digest", "hash", "hmac", "kdd", "sha256"]
-                        .iter()
-                        .any(|w| k.contains(w))
+                    ![
+                        "digest",
+                        "hash",
+                        "hmac",
+                        "kdd",
+                        "sha256",
+                        "approval_signature",
+                        "approver_cert",
+                    ]
+                    .iter()
+                    .any(|w| k.contains(w))
                 });
             }
             serde_json::Value::Object(m).to_string()
         }
         _ => body.to_owned(),
     }
+}
+
+/// A DER X.509 certificate's outer SEQUENCE (tag 0x30, a long-form length
+/// that covers exactly the rest): enough to tell a certificate from a key.
+fn x509_parser_like(der: &[u8]) -> Option<()> {
+    let (&tag, rest) = der.split_first()?;
+    let (&len0, rest) = rest.split_first()?;
+    if tag != 0x30 || len0 & 0x80 == 0 {
+        return None;
+    }
+    let n = usize::from(len0 & 0x7f);
+    if n == 0 || n > 3 || rest.len() < n {
+        return None;
+    }
+    let len = rest[..n]
+        .iter()
+        .fold(0usize, |a, &b| (a << 8) | usize::from(b));
+    (len == rest.len() - n && len > 64).then_some(())
 }
 
 /// `$argon2id$v=19$m=..,t=..,p=..$salt$hash`.

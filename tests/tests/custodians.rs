@@ -10,12 +10,15 @@ use kms::crypto::PinHasher;
 use kms::hsm::Role;
 use kms::model::{CustodianName, CustodianRole, LoginWindow, Pin, PinPolicy};
 use kms::service::{
-    AuthRefusal, CustodianSettings, Enrolment, Executed, KeyService, Operation, ServiceError,
+    ApprovalRequest, AuthRefusal, CustodianSession, CustodianSettings, Enrolment, Executed,
+    KeyService, Operation, ServiceError,
 };
 use kms::store::{AuditFilter, CustodianRecord};
 use kms_e2e::fixture::{actor, TestKms};
+use kms_e2e::people::Person;
 use kms_e2e::scan::{find_secrets_in_sqlite, suspicious_values_in_sqlite};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use time::macros::datetime;
 use time::OffsetDateTime;
 
@@ -53,10 +56,89 @@ fn enrol_op(name: &str, role: &str, window: Option<&str>) -> Operation {
     Operation::EnrollCustodian {
         name: name.into(),
         role: role.into(),
-        cert_sha256: Some(format!("{:0>64}", hex::encode_upper(name))),
+        cert_sha256: Some(someone(name).cert_sha256()),
         login_window: window.map(str::to_owned),
         idle_timeout_seconds: None,
     }
+}
+
+/// Everyone these tests enrol, with a real P-256 certificate (issue 5:
+/// approvals are signed), their initial and working PINs.
+fn someone(name: &str) -> &'static Person {
+    static PEOPLE: OnceLock<Vec<Person>> = OnceLock::new();
+    let people = PEOPLE.get_or_init(|| {
+        [
+            ("so-1", SO_INITIAL, SO_PIN),
+            ("so-2", ALICE_INITIAL, ALICE_PIN),
+            ("alice", ALICE_INITIAL, ALICE_PIN),
+            ("bob", BOB_INITIAL, BOB_PIN),
+            ("carol", ALICE_INITIAL, ALICE_PIN),
+            (
+                "witness",
+                "Witness initial words 1",
+                "Witness working words 2",
+            ),
+        ]
+        .into_iter()
+        .map(|(n, first, pin)| {
+            let mut p = Person::new(n, CustodianRole::Custodian);
+            p.initial_pin = first.into();
+            p.pin = pin.into();
+            p
+        })
+        .collect()
+    });
+    match people.iter().find(|p| p.name == name) {
+        Some(p) => p,
+        None => {
+            // Not enrolled by these tests (mallory): a person nobody knows.
+            static STRANGERS: OnceLock<Person> = OnceLock::new();
+            STRANGERS.get_or_init(|| Person::new("mallory", CustodianRole::Custodian))
+        }
+    }
+}
+
+/// `name` logged in: with the initial PIN while it must still be changed.
+async fn login(svc: &KeyService, name: &str) -> Result<CustodianSession, ServiceError> {
+    let p = someone(name);
+    let pin = match svc.store().custodian(name).await? {
+        Some(r) if r.must_change_pin => &p.initial_pin,
+        _ => &p.pin,
+    };
+    svc.authenticate(name, &Pin::new(pin.as_str()), now()).await
+}
+
+async fn request_as(
+    svc: &KeyService,
+    who: &str,
+    op: Operation,
+) -> Result<ApprovalRequest, ServiceError> {
+    svc.request(&login(svc, who).await?, op).await
+}
+
+async fn appr(
+    svc: &KeyService,
+    who: &str,
+    id: &str,
+    digest: &str,
+) -> Result<ApprovalRequest, ServiceError> {
+    let session = login(svc, who).await?;
+    svc.approve(&session, id, digest, &someone(who).sign(id, digest))
+        .await
+}
+
+async fn exe(svc: &KeyService, who: &str, id: &str) -> Result<Executed, ServiceError> {
+    svc.execute(&login(svc, who).await?, id).await
+}
+
+async fn exe_pin(
+    svc: &KeyService,
+    who: &str,
+    id: &str,
+    pin: Pin,
+) -> Result<Executed, ServiceError> {
+    svc.execute_enrolment(&login(svc, who).await?, id, pin)
+        .await
 }
 
 /// A KMS whose service hashes PINs cheaply.
@@ -66,17 +148,41 @@ async fn setup() -> (TestKms, KeyService) {
     (kms, svc)
 }
 
-/// so-1 bootstrapped and with their own PIN.
+/// so-1 bootstrapped and with their own PIN; witness (a custodian) enrolled
+/// during the founding, which so-1 then closes (issue 5).
 async fn with_officer(svc: &KeyService) {
     svc.enroll(
         &actor("installer"),
-        enrolment("so-1", CustodianRole::SecurityOfficer, SO_INITIAL),
+        Enrolment {
+            cert_sha256: Some(someone("so-1").cert_sha256()),
+            ..enrolment("so-1", CustodianRole::SecurityOfficer, SO_INITIAL)
+        },
     )
     .await
     .expect("bootstrap");
-    svc.change_pin("so-1", &Pin::new(SO_INITIAL), &Pin::new(SO_PIN), now())
+    let so1 = svc
+        .change_pin("so-1", &Pin::new(SO_INITIAL), &Pin::new(SO_PIN), now())
         .await
         .expect("so-1 changes the initial PIN");
+    let w = someone("witness");
+    svc.enroll_founding(
+        &so1,
+        Enrolment {
+            cert_sha256: Some(w.cert_sha256()),
+            ..enrolment("witness", CustodianRole::Custodian, &w.initial_pin)
+        },
+    )
+    .await
+    .expect("witness");
+    svc.change_pin(
+        "witness",
+        &Pin::new(w.initial_pin.as_str()),
+        &Pin::new(w.pin.as_str()),
+        now(),
+    )
+    .await
+    .expect("witness's PIN");
+    svc.close_founding(&so1).await.expect("close the founding");
 }
 
 /// Enrol `name` through dual control: so-1 requests, `approver` approves,
@@ -87,12 +193,9 @@ async fn enrol_approved(
     approver: &str,
     initial: &str,
 ) -> Result<CustodianRecord, ServiceError> {
-    let req = svc.request(&actor("so-1"), op).await?;
-    svc.approve(&actor(approver), &req.id, &req.digest).await?;
-    match svc
-        .execute_enrolment(&actor("so-1"), &req.id, Pin::new(initial))
-        .await?
-    {
+    let r = request_as(svc, "so-1", op).await?;
+    appr(svc, approver, &r.id, &r.digest).await?;
+    match exe_pin(svc, "so-1", &r.id, Pin::new(initial)).await? {
         Executed::Custodian(c) => Ok(c),
         other => panic!("enrolment returned {other:?}"),
     }
@@ -196,28 +299,49 @@ async fn issue5_the_first_enrolment_is_a_bootstrap_then_enrolment_is_dual_contro
         )
         .await
         .unwrap_err(),
-        "dual-controlled",
+        "people are enrolled already",
     );
     assert!(svc.store().custodian("so-2").await.unwrap().is_none());
 
     // The officer must change the initial PIN before requesting anything.
     assert!(matches!(
         auth(
-            svc.request(&actor("so-1"), enrol_op("alice", "custodian", None))
+            request_as(&svc, "so-1", enrol_op("alice", "custodian", None))
                 .await
                 .unwrap_err()
         ),
         AuthRefusal::MustChangePin { .. }
     ));
-    svc.change_pin("so-1", &Pin::new(SO_INITIAL), &Pin::new(SO_PIN), now())
+    let so1 = svc
+        .change_pin("so-1", &Pin::new(SO_INITIAL), &Pin::new(SO_PIN), now())
         .await
         .unwrap();
+    // Issue 5: the founding (a witness who can approve), then closed.
+    let w = someone("witness");
+    svc.enroll_founding(
+        &so1,
+        Enrolment {
+            cert_sha256: Some(w.cert_sha256()),
+            ..enrolment("witness", CustodianRole::Custodian, &w.initial_pin)
+        },
+    )
+    .await
+    .unwrap();
+    svc.change_pin(
+        "witness",
+        &Pin::new(w.initial_pin.as_str()),
+        &Pin::new(w.pin.as_str()),
+        now(),
+    )
+    .await
+    .unwrap();
+    svc.close_founding(&so1).await.unwrap();
 
     // Only a security officer in good standing requests; bad terms are
     // refused before anyone is asked.
     assert!(matches!(
         auth(
-            svc.request(&actor("mallory"), enrol_op("alice", "custodian", None))
+            request_as(&svc, "mallory", enrol_op("alice", "custodian", None))
                 .await
                 .unwrap_err()
         ),
@@ -233,55 +357,49 @@ async fn issue5_the_first_enrolment_is_a_bootstrap_then_enrolment_is_dual_contro
         ),
         enrol_op("so-1", "custodian", None),
     ] {
-        let e = svc.request(&actor("so-1"), bad).await.unwrap_err();
+        let e = request_as(&svc, "so-1", bad).await.unwrap_err();
         assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
     }
 
     // The request, approved by someone other than the requester and the
     // person enrolled, executed by the requester with the initial PIN.
-    let req = svc
-        .request(&actor("so-1"), enrol_op("alice", "custodian", None))
+    let req = request_as(&svc, "so-1", enrol_op("alice", "custodian", None))
         .await
         .unwrap();
     refused(
-        svc.execute_enrolment(&actor("so-1"), &req.id, Pin::new(ALICE_INITIAL))
+        exe_pin(&svc, "so-1", &req.id, Pin::new(ALICE_INITIAL))
             .await
             .unwrap_err(),
         "0 of 1",
     );
     refused(
-        svc.approve(&actor("so-1"), &req.id, &req.digest)
-            .await
-            .unwrap_err(),
+        appr(&svc, "so-1", &req.id, &req.digest).await.unwrap_err(),
         "cannot approve their own",
     );
-    refused(
-        svc.approve(&actor("alice"), &req.id, &req.digest)
-            .await
-            .unwrap_err(),
-        "person enrolled or removed cannot approve",
-    );
-    svc.approve(&actor("witness"), &req.id, &req.digest)
-        .await
-        .unwrap();
+    // The person being enrolled cannot approve: not enrolled yet, they
+    // cannot even log in (issue 5: approvers are authenticated people; the
+    // person a removal is about is refused in dual_control.rs).
+    assert!(matches!(
+        auth(appr(&svc, "alice", &req.id, &req.digest).await.unwrap_err()),
+        AuthRefusal::NotEnrolled { .. }
+    ));
+    appr(&svc, "witness", &req.id, &req.digest).await.unwrap();
     // Without the PIN, with a weak one, or by someone else: refused, and the
     // request is still open.
-    let e = svc.execute(&actor("so-1"), &req.id).await.unwrap_err();
+    let e = exe(&svc, "so-1", &req.id).await.unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
-    let e = svc
-        .execute_enrolment(&actor("so-1"), &req.id, Pin::new("123456"))
+    let e = exe_pin(&svc, "so-1", &req.id, Pin::new("123456"))
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
     refused(
-        svc.execute_enrolment(&actor("witness"), &req.id, Pin::new(ALICE_INITIAL))
+        exe_pin(&svc, "witness", &req.id, Pin::new(ALICE_INITIAL))
             .await
             .unwrap_err(),
         "only the requester",
     );
     assert_eq!(svc.approval(&req.id).await.unwrap().status, "open");
-    let alice = match svc
-        .execute_enrolment(&actor("so-1"), &req.id, Pin::new(ALICE_INITIAL))
+    let alice = match exe_pin(&svc, "so-1", &req.id, Pin::new(ALICE_INITIAL))
         .await
         .unwrap()
     {
@@ -309,14 +427,13 @@ async fn issue5_the_first_enrolment_is_a_bootstrap_then_enrolment_is_dual_contro
     assert_eq!(executed.event.details["approvers"], "witness");
     // Executed once.
     refused(
-        svc.execute_enrolment(&actor("so-1"), &req.id, Pin::new(ALICE_INITIAL))
+        exe_pin(&svc, "so-1", &req.id, Pin::new(ALICE_INITIAL))
             .await
             .unwrap_err(),
         "is executed",
     );
     // The same name again is refused at request time.
-    let e = svc
-        .request(&actor("so-1"), enrol_op("alice", "operator", None))
+    let e = request_as(&svc, "so-1", enrol_op("alice", "operator", None))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("already enrolled"), "{e}");
@@ -344,16 +461,11 @@ async fn tsm_ac_1_the_initial_pin_must_be_changed_at_first_use() {
     assert_eq!(s.idle_timeout().as_secs(), 900);
     assert_eq!(s.actor().as_str(), "alice");
     // Until she changes it, alice may do nothing else: approving is refused.
-    let req = svc
-        .request(&actor("so-1"), enrol_op("bob", "custodian", None))
+    let req = request_as(&svc, "so-1", enrol_op("bob", "custodian", None))
         .await
         .unwrap();
     assert!(matches!(
-        auth(
-            svc.approve(&actor("alice"), &req.id, &req.digest)
-                .await
-                .unwrap_err()
-        ),
+        auth(appr(&svc, "alice", &req.id, &req.digest).await.unwrap_err()),
         AuthRefusal::MustChangePin { .. }
     ));
 
@@ -414,9 +526,7 @@ async fn tsm_ac_1_the_initial_pin_must_be_changed_at_first_use() {
         .unwrap();
     assert!(!s.must_change_pin());
     assert_eq!(person(&svc, "alice").await.failed_attempts, 0);
-    svc.approve(&actor("alice"), &req.id, &req.digest)
-        .await
-        .unwrap();
+    appr(&svc, "alice", &req.id, &req.digest).await.unwrap();
     let changes = records(&svc, "custodian.change-pin").await;
     let outcomes: Vec<_> = changes.iter().filter_map(|r| r.event.outcome).collect();
     assert!(outcomes.contains(&Outcome::Refused));
@@ -547,16 +657,11 @@ async fn auth_pin_lock_five_failures_lock_until_a_security_officer_re_enables() 
     let a = person(&svc, "alice").await;
     assert!(a.is_locked());
     assert_eq!(a.failed_attempts, 5);
-    let req = svc
-        .request(&actor("so-1"), enrol_op("carol", "custodian", None))
+    let req = request_as(&svc, "so-1", enrol_op("carol", "custodian", None))
         .await
         .unwrap();
     assert!(matches!(
-        auth(
-            svc.approve(&actor("alice"), &req.id, &req.digest)
-                .await
-                .unwrap_err()
-        ),
+        auth(appr(&svc, "alice", &req.id, &req.digest).await.unwrap_err()),
         AuthRefusal::Locked { .. }
     ));
 
@@ -780,8 +885,9 @@ async fn issue5_removal_is_dual_controlled_and_keeps_an_officer() {
     with_people(&svc).await;
     // The only officer cannot be removed.
     refused(
-        svc.request(
-            &actor("so-1"),
+        request_as(
+            &svc,
+            "so-1",
             Operation::RemoveCustodian {
                 name: "so-1".into(),
             },
@@ -795,24 +901,17 @@ async fn issue5_removal_is_dual_controlled_and_keeps_an_officer() {
     };
     // Custodians do not request; the person concerned does not approve.
     assert!(matches!(
-        auth(svc.request(&actor("bob"), op.clone()).await.unwrap_err()),
+        auth(request_as(&svc, "bob", op.clone()).await.unwrap_err()),
         AuthRefusal::Role { .. }
     ));
-    let req = svc.request(&actor("so-1"), op).await.unwrap();
+    let req = request_as(&svc, "so-1", op).await.unwrap();
+    refused(exe(&svc, "so-1", &req.id).await.unwrap_err(), "0 of 1");
     refused(
-        svc.execute(&actor("so-1"), &req.id).await.unwrap_err(),
-        "0 of 1",
-    );
-    refused(
-        svc.approve(&actor("alice"), &req.id, &req.digest)
-            .await
-            .unwrap_err(),
+        appr(&svc, "alice", &req.id, &req.digest).await.unwrap_err(),
         "cannot approve",
     );
-    svc.approve(&actor("bob"), &req.id, &req.digest)
-        .await
-        .unwrap();
-    let removed = match svc.execute(&actor("so-1"), &req.id).await.unwrap() {
+    appr(&svc, "bob", &req.id, &req.digest).await.unwrap();
+    let removed = match exe(&svc, "so-1", &req.id).await.unwrap() {
         Executed::Custodian(c) => c,
         other => panic!("{other:?}"),
     };
@@ -831,13 +930,13 @@ async fn issue5_removal_is_dual_controlled_and_keeps_an_officer() {
     assert_eq!(last.event.outcome, Some(Outcome::Success));
     assert_eq!(last.event.request_id.as_deref(), Some(req.id.as_str()));
     // The name is never reused.
-    let e = svc
-        .request(&actor("so-1"), enrol_op("alice", "custodian", None))
+    let e = request_as(&svc, "so-1", enrol_op("alice", "custodian", None))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("never reused"), "{e}");
     let all = svc.list_custodians(&actor("so-1")).await.unwrap();
-    assert_eq!(all.len(), 3);
+    // so-1, witness (the founding), alice.
+    assert_eq!(all.len(), 3 + 1);
     assert_eq!(records(&svc, "custodian.list").await.len(), 1);
 }
 

@@ -1,6 +1,8 @@
 //! Invariant 2 (DEVELOPERS.md), KM-2: every key object is read back from the
 //! token through PKCS#11 and its attributes checked; wrapping is refused
-//! wherever the attributes say so; no key both wraps and decrypts.
+//! wherever the attributes say so; no key both wraps and decrypts. A key is
+//! extractable exactly when it is exportable or its usage is backed up, and
+//! then always sensitive and wrap-with-trusted.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -14,12 +16,22 @@ use std::collections::HashMap;
 
 const KEK_VALUE: [u8; 16] = [0x11; 16];
 
+/// Each object we made, and whether it may be extractable (exportable, or
+/// a secret key whose usage the policy backs up).
 async fn populate(kms: &mut TestKms) -> HashMap<ObjectId, bool> {
     let mut rec = kms
         .trusted_kek("t1", "trusted-kek", Algorithm::Aes256, &[0x5A; 32])
         .await;
     let mut exportable = HashMap::new();
     exportable.insert(rec.current().unwrap().object_id, false);
+    // The KMS's audit MAC key is in every backup (the trail must verify
+    // after a token loss); its checkpoint signing key never leaves.
+    let own_mac = kms
+        .svc()
+        .get(&tenant("kms"), &name("audit-mac"))
+        .await
+        .unwrap();
+    exportable.insert(own_mac.current().unwrap().object_id, true);
     let policy = kms.svc().policy().clone();
     let mut n = 0;
     for usage in KeyUsage::ALL {
@@ -40,7 +52,8 @@ async fn populate(kms: &mut TestKms) -> HashMap<ObjectId, bool> {
                     )
                     .await
                     .unwrap_or_else(|e| panic!("{usage} {alg}: {e}"));
-                exportable.insert(rec.current().unwrap().object_id, exp);
+                let backed_up = policy.backs_up(usage) && alg.is_secret();
+                exportable.insert(rec.current().unwrap().object_id, exp || backed_up);
             }
         }
     }
@@ -54,7 +67,8 @@ async fn populate(kms: &mut TestKms) -> HashMap<ObjectId, bool> {
         )
         .await
         .unwrap();
-    exportable.insert(kmc.current().unwrap().object_id, false);
+    // A KMC is never exportable but is backed up.
+    exportable.insert(kmc.current().unwrap().object_id, true);
     let base = KeyService::key_ref(&kmc, kmc.current().unwrap()).unwrap();
     let derived = KeySpec {
         algorithm: Algorithm::Tdes2,
@@ -87,15 +101,16 @@ async fn km2_invariant2_every_key_object_read_back_from_the_token() {
             }
             checked += 1;
             assert!(a.sensitive, "{o:?} is not sensitive: {a:?}");
+            // Objects not in the map (the audit signing key) never are.
+            assert_eq!(
+                a.extractable,
+                exportable.get(&id).copied().unwrap_or(false),
+                "{o:?}: extractable iff exportable or backed up"
+            );
             if a.extractable {
                 assert!(
                     a.wrap_with_trusted,
                     "{o:?} extractable without wrap-with-trusted"
-                );
-                assert_eq!(
-                    exportable.get(&id),
-                    Some(&true),
-                    "{o:?} extractable but not exportable"
                 );
             }
             assert!(
@@ -107,16 +122,29 @@ async fn km2_invariant2_every_key_object_read_back_from_the_token() {
     assert!(checked >= exportable.len(), "checked {checked}");
 }
 
+/// A key neither exportable nor backed up (here the KMS's kind of audit
+/// MAC key) cannot be wrapped by any key, trusted or not. A backed-up key
+/// that is not exportable can be wrapped by a trusted KEK only (that is
+/// what the backup KEK does), and the export path still refuses it.
 #[tokio::test(flavor = "multi_thread")]
 async fn km2_non_exportable_key_cannot_be_wrapped_by_any_key() {
     let mut kms = TestKms::new().await;
     kms.trusted_kek("t1", "trusted", Algorithm::Aes128, &KEK_VALUE)
         .await;
     let svc = kms.svc();
+    assert!(!svc.policy().backs_up(KeyUsage::Audit));
+    assert!(svc.policy().backs_up(KeyUsage::Data));
     let untrusted = svc
         .create(
             &actor("a"),
             create_req("t1", "untrusted", Algorithm::Aes128, KeyUsage::Kek, false),
+        )
+        .await
+        .unwrap();
+    let never = svc
+        .create(
+            &actor("a"),
+            create_req("t1", "never", Algorithm::HmacSha256, KeyUsage::Audit, false),
         )
         .await
         .unwrap();
@@ -139,21 +167,26 @@ async fn km2_non_exportable_key_cannot_be_wrapped_by_any_key() {
     let hsm = svc.hsm();
     for kek in [&trusted, &untrusted] {
         for alg in [WrapAlg::AesKw, WrapAlg::AesKwp] {
-            let e = hsm.wrap(&r(kek), &r(&secret), alg).unwrap_err();
+            let e = hsm.wrap(&r(kek), &r(&never), alg).unwrap_err();
             assert!(matches!(e, kms::hsm::HsmError::Refused { .. }), "{e}");
         }
     }
-    // Exportable: only the trusted KEK may wrap it.
-    assert!(hsm.wrap(&r(&trusted), &r(&exp), WrapAlg::AesKwp).is_ok());
-    let e = hsm
-        .wrap(&r(&untrusted), &r(&exp), WrapAlg::AesKwp)
-        .unwrap_err();
-    assert!(matches!(e, kms::hsm::HsmError::Refused { .. }), "{e}");
-    // And the service refuses to even ask for a non-exportable key.
-    let e = export_approved(svc, "t1", "secret", "trusted", None)
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ServiceError::Refused(_)), "{e}");
+    // Backed up and exportable alike: only a trusted KEK may wrap them.
+    for key in [&secret, &exp] {
+        assert!(hsm.wrap(&r(&trusted), &r(key), WrapAlg::AesKwp).is_ok());
+        let e = hsm
+            .wrap(&r(&untrusted), &r(key), WrapAlg::AesKwp)
+            .unwrap_err();
+        assert!(matches!(e, kms::hsm::HsmError::Refused { .. }), "{e}");
+    }
+    // And the service refuses to even ask for a non-exportable key, backed
+    // up or not.
+    for key in ["secret", "never"] {
+        let e = export_approved(svc, "t1", key, "trusted", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::Refused(_)), "{key}: {e}");
+    }
 }
 
 /// Outside our API, straight through PKCS#11: a KEK cannot decrypt (so a

@@ -7,6 +7,7 @@ use kms::derivation::{parse_psn, Kdd, Pan};
 use kms::model::{Algorithm, KeyUsage};
 use kms::service::{Executed, ImportComponents, Operation, SdDiversification};
 use kms_e2e::fixture::{actor, create_req, name, tenant, TestKms};
+use kms_e2e::people::{person, session_of};
 use kms_e2e::reference::{aes_key_unwrap_pad, same_des_key};
 use kms_e2e::vectors::{KnownAnswers, SdMethod, VectorAlg};
 
@@ -174,11 +175,18 @@ async fn km2_aes_key_wrap_known_answers_through_dual_control_export() {
                 wrap: Some(wrap.into()),
             };
             let svc = kms.svc();
-            let req = svc.request(&actor("alice"), op).await.unwrap();
-            svc.approve(&actor("bob"), &req.id, &req.digest)
+            let req = svc
+                .request(&session_of(svc, "alice").await, op)
                 .await
                 .unwrap();
-            let Executed::Exported(out) = svc.execute(&actor("alice"), &req.id).await.unwrap()
+            person("bob")
+                .approve_digest(svc, &req.id, &req.digest)
+                .await
+                .unwrap();
+            let Executed::Exported(out) = svc
+                .execute(&session_of(svc, "alice").await, &req.id)
+                .await
+                .unwrap()
             else {
                 panic!("export returns the wrapped key")
             };

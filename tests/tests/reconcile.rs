@@ -6,6 +6,7 @@ use kms::model::{Algorithm, KeyState, KeyUsage, ObjectId};
 use kms::service::{Finding, KeyService, ReconcileMode, ServiceError};
 use kms::store::{NewVersion, Presence};
 use kms_e2e::fixture::{actor, create_req, name, tenant, TestKms};
+use kms_e2e::people::{person, session_of};
 
 fn spec(id: ObjectId) -> KeySpec {
     KeySpec {
@@ -94,8 +95,12 @@ async fn crash_points_are_finished_or_reported() {
         version: 1,
         reason: None,
     };
-    let req = svc.request(&actor("alice"), op).await.unwrap();
-    svc.approve(&actor("bob"), &req.id, &req.digest)
+    let req = svc
+        .request(&session_of(svc, "alice").await, op)
+        .await
+        .unwrap();
+    person("bob")
+        .approve_digest(svc, &req.id, &req.digest)
         .await
         .unwrap();
     assert!(store

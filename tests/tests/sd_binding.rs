@@ -14,6 +14,7 @@ use kms::service::{
 };
 use kms::store::AuditFilter;
 use kms_e2e::fixture::{actor, name, tenant, TestKms};
+use kms_e2e::people::{person, session_of};
 use kms_e2e::reference::{aes_key_unwrap_pad, emv_option_a, same_des_key};
 
 const TENANT: &str = "issuer-a";
@@ -124,24 +125,40 @@ async fn tsm_data_1_an_sd_receives_one_cards_keys_until_a_dual_controlled_reissu
         sd_aid: SD.into(),
         reason: "card lost; new card 0020".into(),
     };
-    let r = svc.request(&actor("alice"), op).await.unwrap();
-    let e = svc
-        .approve(&actor("alice"), &r.id, &r.digest)
+    let r = svc
+        .request(&session_of(svc, "alice").await, op)
+        .await
+        .unwrap();
+    let e = person("alice")
+        .approve_digest(svc, &r.id, &r.digest)
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Refused(_)), "{e:?}");
-    let e = svc.execute(&actor("alice"), &r.id).await.unwrap_err();
+    let e = svc
+        .execute(&session_of(svc, "alice").await, &r.id)
+        .await
+        .unwrap_err();
     assert!(matches!(e, ServiceError::Refused(_)), "{e:?}");
     // Still bound while unapproved.
     assert!(svc.emv_card_keys(&ota, req(PAN_2, 1)).await.is_err());
 
-    svc.approve(&actor("bob"), &r.id, &r.digest).await.unwrap();
-    match svc.execute(&actor("alice"), &r.id).await.unwrap() {
+    person("bob")
+        .approve_digest(svc, &r.id, &r.digest)
+        .await
+        .unwrap();
+    match svc
+        .execute(&session_of(svc, "alice").await, &r.id)
+        .await
+        .unwrap()
+    {
         Executed::Released(b) => assert_eq!(b.pan_masked, "541333******0012"),
         other => panic!("{other:?}"),
     }
     // It ran once.
-    assert!(svc.execute(&actor("alice"), &r.id).await.is_err());
+    assert!(svc
+        .execute(&session_of(svc, "alice").await, &r.id)
+        .await
+        .is_err());
 
     let next = svc.emv_card_keys(&ota, req(PAN_2, 1)).await.unwrap();
     assert_eq!(next.binding, SdBindingState::New);
@@ -216,7 +233,7 @@ async fn tsm_data_1_a_failed_derivation_leaves_the_sd_unbound() {
     // A release of an SD that is not bound is refused at request time.
     let e = svc
         .request(
-            &actor("alice"),
+            &session_of(svc, "alice").await,
             Operation::ReleaseSd {
                 tenant: TENANT.into(),
                 se_id: SE.into(),

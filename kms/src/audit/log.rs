@@ -258,7 +258,11 @@ impl AuditLog {
         let spec = KeySpec {
             algorithm,
             usage,
-            exportable: false,
+            // The MAC key is in every backup (wrapped by the trusted backup
+            // KEK only: CKA_WRAP_WITH_TRUSTED), so the trail's MACs still
+            // verify after the token is lost (service/backup.rs). The
+            // signing key is a private key: never extractable.
+            exportable: name == MAC_KEY,
             object_id: version.object_id,
             label: format!("{SYSTEM_TENANT}/{name}"),
             persistent: true,

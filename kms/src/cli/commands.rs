@@ -10,7 +10,7 @@ use kms::hsm::{Hsm, Role};
 use kms::model::{Algorithm, KeyName, KeyUsage, Tenant, Transition};
 use kms::policy::KeyPolicy;
 use kms::service::{
-    Actor, CreateKey, Executed, ImportComponents, KeyService, Operation, ReconcileMode,
+    Actor, CreateKey, Executed, KeyService, Operation, ReconcileMode, ServiceError,
 };
 use kms::store::Store;
 use std::sync::Arc;
@@ -34,6 +34,15 @@ pub async fn service(cli: &Cli, role: Role) -> Result<KeyService> {
     // From here on the command's outcome reaches the trail (a failed login
     // is recorded below; everything else by the service).
     OPENED_ANY.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A sealed deployment's user PIN comes from the custodians' shares.
+    if role == Role::User {
+        if let Some(svc) = super::seal::unseal_if_sealed(cli, &cfg, &store, &policy).await? {
+            if let Ok(mut open) = OPENED.lock() {
+                open.push(svc.clone());
+            }
+            return Ok(svc);
+        }
+    }
     let hsm_cfg = cfg.hsm(role)?;
     let opened = tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg)).await?;
     let hsm = match opened {
@@ -175,6 +184,8 @@ async fn run_command(cli: &Cli) -> Result<()> {
             print!("{}", kms::server::provisioning::openapi::document());
             Ok(())
         }
+        Command::Seal(s) => super::seal::run(cli, s).await,
+        Command::Backup(b) => super::backup::run(cli, b).await,
     }
 }
 
@@ -362,26 +373,18 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 };
                 return submit(cli, &who, op).await;
             }
-            let comps = read_components(*components, req.algorithm, *stdin)?;
-            let svc = service(cli, Role::User).await?;
-            let rec = svc
-                .import_components(
-                    &who,
-                    ImportComponents {
-                        key: req,
-                        components: comps,
-                        expected_kcv,
-                    },
-                )
-                .await?;
-            print(cli.json, &rec, || {
-                let mut s = key_detail(&rec.key);
-                s.push_str("check values (read aloud and compare with the sender's):\n");
-                for (m, k) in &rec.check_values {
-                    s.push_str(&format!("  {m:<9} {k}\n"));
-                }
-                s
-            });
+            // Issue 5: an import is a quorum operation; the components are
+            // entered when the approved request runs.
+            let _ = (components, stdin);
+            let op = Operation::ImportKey {
+                tenant: id.tenant.clone(),
+                key: id.name.clone(),
+                algorithm: req.algorithm.as_str().into(),
+                usage: req.usage.as_str().into(),
+                exportable: req.exportable,
+                kcv: expected_kcv.to_string(),
+            };
+            return submit(cli, &who, op).await;
         }
         KeyCommand::List { tenant } => {
             let tenant = tenant.as_deref().map(Tenant::parse).transpose()?;
@@ -528,15 +531,46 @@ async fn sd(cli: &Cli, cmd: &SdCommand) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn submit(cli: &Cli, who: &Actor, op: Operation) -> Result<()> {
+/// The `--as` person, after their PIN (one line of standard input when
+/// `stdin` or when standard input is not a terminal; else a hidden prompt).
+pub(super) async fn person(
+    cli: &Cli,
+    svc: &KeyService,
+    stdin: bool,
+) -> Result<kms::service::CustodianSession> {
+    use std::io::IsTerminal;
+    let Some(name) = cli.as_person.as_deref() else {
+        return Err(ServiceError::Invalid(
+            "this step is taken by an enrolled person: --as NAME (their PIN is asked)".into(),
+        )
+        .into());
+    };
+    let stdin = stdin || !std::io::stdin().is_terminal();
+    let pin = super::custodian::read_pin(&format!("PIN for {name}"), stdin)?;
+    let session = svc
+        .authenticate(name, &pin, time::OffsetDateTime::now_utc())
+        .await?;
+    if session.must_change_pin() {
+        return Err(
+            ServiceError::Auth(kms::service::AuthRefusal::MustChangePin {
+                name: name.to_owned(),
+            })
+            .into(),
+        );
+    }
+    Ok(session)
+}
+
+pub(super) async fn submit(cli: &Cli, _who: &Actor, op: Operation) -> Result<()> {
     let svc = service(cli, Role::User).await?;
-    let req = svc.request(who, op).await?;
+    let session = person(cli, &svc, false).await?;
+    let req = svc.request(&session, op).await?;
     print(cli.json, &req, || {
         format!(
             "request {} created by {}; it needs {} approval(s) by other people.\n\
              Approvers confirm this digest:\n  {}\n\
-             then: kms request approve {} --digest <digest>   (as another person)\n\
-             and:  kms request execute {}                      (as {})",
+             then: kms request approve {} --digest <digest> --as <approver> --key <key.pem> --cert <cert.pem>\n\
+             and:  kms request execute {} --as {}",
             req.id,
             req.requested_by,
             req.approvals_needed,
@@ -570,15 +604,85 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                 )
             });
         }
-        RequestCommand::Approve { id, digest } => {
-            let r = svc.approve(&who, id, digest).await?;
+        RequestCommand::Approve {
+            id,
+            digest,
+            key,
+            cert,
+            pin_stdin,
+        } => {
+            use rustls_pki_types::pem::PemObject;
+            let session = person(cli, &svc, *pin_stdin).await?;
+            let key_pem = Zeroizing::new(
+                std::fs::read_to_string(key)
+                    .with_context(|| format!("reading {}", key.display()))?,
+            );
+            let cert_bytes =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let cert_der = match rustls_pki_types::CertificateDer::from_pem_slice(&cert_bytes) {
+                Ok(c) => c.to_vec(),
+                Err(_) => cert_bytes,
+            };
+            let msg = kms::crypto::approval::approval_message(id, digest, session.name().as_str());
+            let signature = kms::crypto::approval::sign_approval(&key_pem, &msg)
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            drop(key_pem);
+            let sig = kms::crypto::approval::ApprovalSignature {
+                cert_der,
+                signature,
+            };
+            let r = svc.approve(&session, id, digest, &sig).await?;
+            let who = session.name().to_string();
             print(cli.json, &r, || {
                 format!(
-                    "approved by {who}; {}/{} approvals",
+                    "approved (signed) by {who}; {}/{} approvals",
                     r.approvers.len(),
                     r.approvals_needed
                 )
             });
+        }
+        RequestCommand::PolicyChange { file } => {
+            let text =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let text = String::from_utf8(text).context("the policy file is not UTF-8")?;
+            // The same check the service makes at start-up, before anyone
+            // is asked to approve a policy that could not be used.
+            let policy = KeyPolicy::parse(&text)
+                .map_err(|e| ServiceError::Invalid(format!("{}: {e}", file.display())))?;
+            let op = Operation::ChangePolicy {
+                sha256: policy.digest().to_owned(),
+            };
+            drop(svc);
+            close_all().await?;
+            submit(cli, &who, op).await?;
+        }
+        RequestCommand::VerifyApprovals => {
+            let checks = svc.verify_approvals(&who).await?;
+            let bad = checks.iter().filter(|c| c.problem.is_some()).count();
+            print(cli.json, &checks, || {
+                let mut s = String::new();
+                for c in &checks {
+                    s.push_str(&format!(
+                        "#{} request {} approved by {}: {}\n",
+                        c.seq,
+                        c.request,
+                        c.approver,
+                        c.problem.as_deref().unwrap_or("signature verifies")
+                    ));
+                }
+                s.push_str(&format!(
+                    "{} approval(s) re-checked from the audit trail alone; {} do not verify",
+                    checks.len(),
+                    bad
+                ));
+                s
+            });
+            if bad > 0 {
+                return Err(ServiceError::Refused(format!(
+                    "{bad} approval record(s) do not verify"
+                ))
+                .into());
+            }
         }
         RequestCommand::Execute {
             id,
@@ -587,6 +691,7 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
             pin_stdin,
         } => {
             let op = svc.approval(id).await?.operation;
+            let session = person(cli, &svc, *pin_stdin).await?;
             let svc = if op.needs_security_officer() {
                 drop(svc);
                 close_all().await?;
@@ -599,7 +704,10 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     algorithm,
                     kcv: Some(_),
                     ..
-                } => read_components(*components, algorithm.parse()?, *stdin)?,
+                }
+                | Operation::ImportKey { algorithm, .. } => {
+                    read_components(*components, algorithm.parse()?, *stdin)?
+                }
                 _ => Vec::new(),
             };
             let executed = if op.needs_initial_pin() {
@@ -612,9 +720,9 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     ),
                     *pin_stdin,
                 )?;
-                svc.execute_enrolment(&who, id, pin).await
+                svc.execute_enrolment(&session, id, pin).await
             } else {
-                svc.execute_with(&who, id, comps).await
+                svc.execute_with(&session, id, comps).await
             };
             if op.needs_security_officer() {
                 // Records made under the SO's login carry no MAC: close that
@@ -652,6 +760,10 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     c.name,
                     c.role,
                     if c.is_removed() { " removed" } else { " enrolled" }
+                ),
+                Executed::Policy(p) => format!(
+                    "policy {} approved (request {}); it is adopted when the service next starts with it",
+                    p.sha256, p.request
                 ),
             }
             });

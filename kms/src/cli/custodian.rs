@@ -2,7 +2,7 @@
 //! hidden prompt, or from standard input with `--pin-stdin`; never from an
 //! argument or the environment, and they are never printed.
 
-use super::commands::{actor, read_secret_line, service, submit};
+use super::commands::{actor, person, read_secret_line, service, submit};
 use super::output::print;
 use super::{Cli, CustodianCommand, EnrolmentArgs};
 use anyhow::{Context, Result};
@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 /// One PIN: hidden at a prompt, or one line of standard input. An empty
 /// one is a usage error (it would only cost a login attempt).
-fn read_pin(prompt: &str, stdin: bool) -> Result<Pin> {
+pub(super) fn read_pin(prompt: &str, stdin: bool) -> Result<Pin> {
     let typed = if stdin {
         let line = read_secret_line()?;
         Zeroizing::new(line.strip_suffix('\r').unwrap_or(&line).to_owned())
@@ -57,6 +57,13 @@ pub(super) async fn run(cli: &Cli, cmd: &CustodianCommand) -> Result<()> {
                 .as_deref()
                 .map(LoginWindow::parse)
                 .transpose()?;
+            let svc = service(cli, Role::User).await?;
+            // During the founding an officer enrols the others: their PIN
+            // first, then the new person's.
+            let officer = match cli.as_person {
+                Some(_) => Some(person(cli, &svc, *pin_stdin).await?),
+                None => None,
+            };
             let enrolment = Enrolment {
                 name: name.clone(),
                 role: args.role.parse()?,
@@ -65,8 +72,10 @@ pub(super) async fn run(cli: &Cli, cmd: &CustodianCommand) -> Result<()> {
                 idle_timeout_seconds: args.idle_timeout,
                 initial_pin: read_new_pin(&format!("Initial PIN for {name}"), *pin_stdin)?,
             };
-            let svc = service(cli, Role::User).await?;
-            let rec = svc.enroll(&who, enrolment).await?;
+            let rec = match &officer {
+                Some(o) => svc.enroll_founding(o, enrolment).await?,
+                None => svc.enroll(&who, enrolment).await?,
+            };
             print(cli.json, &rec, || {
                 format!(
                     "{} enrolled as {} (bootstrap); the initial PIN must be changed at first use:\n  kms custodian change-pin --name {}",
@@ -79,6 +88,18 @@ pub(super) async fn run(cli: &Cli, cmd: &CustodianCommand) -> Result<()> {
         }
         CustodianCommand::Remove { name } => {
             submit(cli, &who, Operation::RemoveCustodian { name: name.clone() }).await?;
+        }
+        CustodianCommand::CloseFounding { pin_stdin } => {
+            let svc = service(cli, Role::User).await?;
+            let officer = person(cli, &svc, *pin_stdin).await?;
+            let people = svc.close_founding(&officer).await?;
+            print(cli.json, &people, || {
+                format!(
+                    "the founding is closed by {} with {} people enrolled; from now on every enrolment is dual-controlled",
+                    officer.name(),
+                    people.len()
+                )
+            });
         }
         CustodianCommand::List => {
             let svc = service(cli, Role::User).await?;

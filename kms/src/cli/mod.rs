@@ -1,9 +1,11 @@
 //! Argument parsing and dispatch. Thin: every rule lives in `kms::service`.
 
 mod audit;
+mod backup;
 pub(crate) mod commands;
 mod custodian;
 mod output;
+mod seal;
 mod serve;
 
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +28,17 @@ pub struct Cli {
     /// Who is acting (recorded with every change).
     #[arg(long, global = true, env = "KMS_ACTOR")]
     pub actor: Option<String>,
+    /// The enrolled person taking a dual-controlled step (request, approve,
+    /// execute, founding): they prove their PIN (a hidden prompt, or one
+    /// line of standard input when it is not a terminal or with
+    /// --pin-stdin) and are the actor of what follows.
+    #[arg(long = "as", global = true, env = "KMS_AS")]
+    pub as_person: Option<String>,
+    /// An unseal share file, for a sealed deployment (repeat for each of
+    /// the M shares; else $KMS_UNSEAL_SHARE_FILES, colon-separated, or
+    /// prompts on a terminal).
+    #[arg(long = "share-file", global = true)]
+    pub share_file: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,6 +83,52 @@ pub enum Command {
     /// Print the provisioning API's OpenAPI document (also served at
     /// GET /v1/openapi.json and kept in docs/openapi.json).
     Openapi,
+    /// The seal: the token's user PIN from M-of-N custodian shares.
+    #[command(subcommand)]
+    Seal(SealCommand),
+    /// Backup and recovery of the token's keys under a backup KEK that M of
+    /// N custodians' shares recover.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SealCommand {
+    /// Seal the deployment: a new unseal secret split into N shares (one
+    /// file each, mode 0600, in --share-dir), the user PIN changed to the
+    /// one the secret stands for, the PIN file deleted.
+    Init {
+        /// M: shares needed to unseal.
+        #[arg(long)]
+        threshold: u8,
+        /// N: shares made.
+        #[arg(long)]
+        shares: u8,
+        #[arg(long)]
+        share_dir: PathBuf,
+    },
+    /// Whether the deployment is sealed, and with how many shares.
+    Status,
+    /// New shares of the same secret (M current shares via --share-file);
+    /// the old shares are refused afterwards.
+    Rotate {
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long)]
+        shares: u8,
+        #[arg(long)]
+        share_dir: PathBuf,
+    },
+    /// A new secret, a new token PIN and new shares (M current shares via
+    /// --share-file).
+    Rekey {
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long)]
+        shares: u8,
+        #[arg(long)]
+        share_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,12 +330,32 @@ pub enum KeyCommand {
 pub enum RequestCommand {
     /// Show a request and the digest approvers must confirm.
     Show { id: String },
-    /// Approve a request (not your own), confirming its digest.
+    /// Approve a request (not your own), confirming its digest, as `--as`
+    /// NAME: the approval is signed here with the key of the client
+    /// certificate NAME is enrolled with.
     Approve {
         id: String,
         #[arg(long)]
         digest: String,
+        /// The approver's private key (PKCS#8 PEM, P-256).
+        #[arg(long)]
+        key: PathBuf,
+        /// The approver's client certificate (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Read the approver's PIN from standard input (one line).
+        #[arg(long)]
+        pin_stdin: bool,
     },
+    /// Request the adoption of a changed policy file (keys.toml), approved
+    /// by its SHA-256; the service adopts it at its next start.
+    PolicyChange {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Re-check the signature of every approval in the audit trail, from
+    /// the trail alone.
+    VerifyApprovals,
     /// Execute your approved request. A trusted-KEK request runs under the
     /// security officer's login; one entered by components asks for them.
     Execute {
@@ -287,8 +366,9 @@ pub enum RequestCommand {
         /// Read components from standard input (see `key import --stdin`).
         #[arg(long)]
         stdin: bool,
-        /// For an enrolment: read the new person's initial PIN from
-        /// standard input (one line) instead of prompting twice, hidden.
+        /// Read the executor's PIN from standard input (one line) and, for
+        /// an enrolment, then the new person's initial PIN (one line)
+        /// instead of prompting twice, hidden; components follow.
         #[arg(long)]
         pin_stdin: bool,
     },
@@ -318,12 +398,23 @@ pub struct EnrolmentArgs {
 /// `--pin-stdin` (for automation and tests).
 #[derive(Subcommand, Debug)]
 pub enum CustodianCommand {
-    /// Enrol the very first person, alone: a security officer. The initial
-    /// PIN is asked twice (hidden), and must be changed at first use.
+    /// Enrol a person alone: the very first (a security officer), or,
+    /// while the founding is open, anyone, by a security officer (`--as`
+    /// OFFICER, whose PIN is asked first). The initial PIN is asked twice
+    /// (hidden), and must be changed at first use.
     Bootstrap {
         #[command(flatten)]
         who: EnrolmentArgs,
-        /// Read the initial PIN from standard input (one line).
+        /// Read the PINs from standard input (one line each: the officer's,
+        /// with --as, then the initial PIN).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Close the founding for good (`--as` a security officer): from now on
+    /// every enrolment is dual-controlled. Refused while the people
+    /// enrolled could not meet every quorum of the policy.
+    CloseFounding {
+        /// Read the officer's PIN from standard input (one line).
         #[arg(long)]
         pin_stdin: bool,
     },

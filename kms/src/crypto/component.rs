@@ -144,7 +144,24 @@ impl Component {
     pub fn kcv(&self, method: KcvMethod) -> Result<Kcv, KcvError> {
         method.compute(&self.value)
     }
+
+    /// The digits to show its one custodian, once, in groups of four (a
+    /// component generated for export). Zeroized when dropped; never
+    /// logged, stored or put in a transcript.
+    pub fn reveal_hex(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(self.value.len() * 5 / 2 + 1));
+        for (i, b) in self.value.iter().enumerate() {
+            if i > 0 && i % 2 == 0 {
+                out.push(' ');
+            }
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0x0f) as usize] as char);
+        }
+        out
+    }
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 impl fmt::Debug for Component {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

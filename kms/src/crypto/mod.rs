@@ -12,9 +12,12 @@
 //!   combination into a [`ClearKey`] for HSM import, weak-key refusal.
 //! - [`shares`]: Shamir M-of-N shares of the unseal secret, their typed
 //!   text form and check values.
+//! - [`approval`]: approvers' ECDSA P-256 signatures over what they
+//!   approved (dual control, invariant 3).
 //! - [`pin_hash`]: Argon2id hashes of custodian and officer PINs (they are
 //!   typed into the host to log in, and stored only hashed).
 
+pub mod approval;
 pub mod component;
 pub mod kcv;
 pub mod pin_hash;

@@ -79,6 +79,11 @@ pub struct Hsm {
     /// sessions of one process, and the lookup is a C_FindObjects round trip.
     handles: RwLock<HashMap<(ObjectId, u64), ObjectHandle>>,
     role: Role,
+    /// The PIN this process logged in with. C_SetPIN needs the current PIN
+    /// even in a logged-in session, and sealing (`seal`) replaces a PIN the
+    /// service was opened with (read from a file that is then deleted), so
+    /// it is kept, wiped on drop, and never leaves this module.
+    login_pin: std::sync::Mutex<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -134,7 +139,40 @@ impl Hsm {
             raw,
             handles: RwLock::new(HashMap::new()),
             role: cfg.role,
+            // Only the user's PIN is ever changed here; the officer's is
+            // not kept.
+            login_pin: std::sync::Mutex::new(match cfg.role {
+                Role::User => cfg.pin.clone(),
+                Role::SecurityOfficer => Zeroizing::new(String::new()),
+            }),
         })
+    }
+
+    /// C_SetPIN on the user's PIN, from the PIN this process logged in
+    /// with to `new` (sealing and re-keying the seal, issue 5). Only under
+    /// the user's login: the security officer's PIN is not sealed. Returns
+    /// the PIN replaced, so a caller whose next step fails can change it back.
+    pub fn change_user_pin(&self, new: &Zeroizing<String>) -> Result<Zeroizing<String>, HsmError> {
+        if self.role != Role::User {
+            return Err(HsmError::invalid(
+                "the user PIN is changed only under the user's login",
+            ));
+        }
+        let mut current = self.login_pin.lock().map_err(|_| HsmError::PoolClosed)?;
+        let old = AuthPin::from(current.as_str());
+        let next = AuthPin::from(new.as_str());
+        self.session()?.set_pin(&old, &next)?;
+        Ok(std::mem::replace(&mut *current, new.clone()))
+    }
+
+    /// Whether `pin` is the PIN this process is logged in with (compared in
+    /// constant time): lets a re-key confirm that presented shares are the
+    /// ones that sealed this token before changing anything.
+    pub fn is_login_pin(&self, pin: &str) -> bool {
+        self.login_pin
+            .lock()
+            .map(|p| crate::crypto::kcv::ct_eq(p.as_bytes(), pin.as_bytes()))
+            .unwrap_or(false)
     }
 
     pub fn role(&self) -> Role {

@@ -751,14 +751,24 @@ impl Hsm {
         let session = self.session()?;
         let uk = self.wrapping_key(&session, kek, true)?;
         let mech = wrap_mechanism(alg);
-        let kcv = Self::twin_kcv(&session, spec, Creation::Unwrap, trust, |t| {
-            Ok(session.unwrap_key(&mech, uk, wrapped, t)?)
-        })?;
+        // An HMAC key has no zero-block check value; the caller checks it
+        // by a MAC over a constant (`backup`), which needs the real key.
+        let kcv = if spec.algorithm.family() == KeyFamily::Hmac {
+            None
+        } else {
+            Some(Self::twin_kcv(
+                &session,
+                spec,
+                Creation::Unwrap,
+                trust,
+                |t| Ok(session.unwrap_key(&mech, uk, wrapped, t)?),
+            )?)
+        };
         let template = templates::secret_key(spec, trust, Creation::Unwrap);
         session.unwrap_key(&mech, uk, wrapped, &template)?;
         Ok(CreatedKey {
             object_id: spec.object_id,
-            kcv: Some(kcv),
+            kcv,
             public_key: None,
         })
     }

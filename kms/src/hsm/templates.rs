@@ -2,9 +2,11 @@
 //!
 //! Security invariant 2 (docs/threat-model.md) is enforced here and nowhere else:
 //! - every secret or private key is CKA_SENSITIVE;
-//! - CKA_EXTRACTABLE only when the key is exportable, and then always
-//!   CKA_WRAP_WITH_TRUSTED, so only a KEK the security officer marked trusted
-//!   can ever wrap it;
+//! - CKA_EXTRACTABLE only when `KeySpec::exportable` says so (the service
+//!   sets it for exportable keys and for secret keys whose usage the policy
+//!   backs up, `service/backup.rs`), and then always CKA_WRAP_WITH_TRUSTED,
+//!   so only a KEK the security officer marked trusted (a partner's
+//!   transport KEK, the backup KEK) can ever wrap it;
 //! - the capability flags come from `KeyUsage::capabilities`, which never
 //!   grants wrap/unwrap together with encrypt/decrypt (SoftHSM would allow
 //!   both, and then "wrap, then decrypt the blob" reveals any key);
@@ -30,6 +32,10 @@ pub(crate) const P256_PARAMS: [u8; 10] =
 pub struct KeySpec {
     pub algorithm: Algorithm,
     pub usage: KeyUsage,
+    /// CKA_EXTRACTABLE (always with CKA_WRAP_WITH_TRUSTED): the key may
+    /// leave the token wrapped by a trusted KEK, for export or for backup.
+    /// Whether the export path may do so is the policy's and the key row's
+    /// `exportable`, not this flag.
     pub exportable: bool,
     pub object_id: ObjectId,
     pub label: String,
@@ -340,6 +346,34 @@ mod tests {
                     assert_eq!(sign, Some(used == SessionKeyUse::Cmac));
                 }
             }
+        }
+    }
+
+    /// The backup KEK as the security officer imports it: trusted, public
+    /// (the SO cannot make private objects; the user login must use it),
+    /// sensitive, never extractable, and able only to wrap and unwrap.
+    #[test]
+    fn km2_backup_kek_template_is_trusted_wrap_only_and_never_extractable() {
+        let t = secret_key(
+            &spec(Algorithm::Aes256, KeyUsage::BackupKek, false),
+            Trust::TrustedBySecurityOfficer,
+            Creation::Create,
+        );
+        let has = |want: &Attribute| t.iter().any(|a| a == want);
+        for a in [
+            Attribute::Trusted(true),
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Modifiable(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Derive(false),
+            Attribute::Sign(false),
+        ] {
+            assert!(has(&a), "{a:?}");
         }
     }
 

@@ -63,6 +63,7 @@ pub(crate) fn router(ctx: Arc<Context>, listener: Listener) -> Router {
         .route("/v1/audit/checkpoints", get(checkpoints))
         .route("/v1/audit/public-key", get(public_key))
         .route("/v1/audit/report", get(report))
+        .route("/v1/seal", get(seal_status))
         .route("/metrics", get(metrics));
     common(routes, AppState { ctx, listener })
 }
@@ -268,6 +269,18 @@ async fn authorize(
             .await);
     }
     Ok(act)
+}
+
+/// The seal's configuration once unsealed (while sealed, `sealed.rs`
+/// answers): public values only, like health, for any client certificate.
+async fn seal_status(State(st): State<AppState>) -> Response {
+    match st.ctx.svc.store().seal_current().await {
+        Ok(rec) => Json(crate::seal::SealStatus::of(rec.as_ref(), false, 0)).into_response(),
+        Err(e) => {
+            tracing::error!("seal status: {e}");
+            Problem::new(Code::Internal, "the seal configuration cannot be read").into_response()
+        }
+    }
 }
 
 async fn health() -> Response {

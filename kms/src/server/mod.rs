@@ -30,11 +30,13 @@ mod metrics;
 mod principals;
 mod problem;
 pub mod provisioning;
+mod sealed;
 mod tls;
 
 pub use conn::Peer;
 pub use principals::{Principal, PrincipalPolicy, PrincipalsError, Role};
 pub use problem::{Code, Problem};
+pub use sealed::SealedStart;
 pub use tls::ClientIdentity;
 
 use crate::audit::{AuditError, AuditEvent, Outcome};
@@ -42,7 +44,7 @@ use crate::config::ServerSettings;
 use crate::service::{KeyService, ServiceError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -145,7 +147,8 @@ pub struct RunningServer {
     pub addr_prov: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    svc: KeyService,
+    /// Set from the start, or when a sealed start is unsealed.
+    svc: Arc<OnceLock<KeyService>>,
 }
 
 impl RunningServer {
@@ -162,8 +165,16 @@ impl RunningServer {
     /// checkpoint.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.drain().await;
-        self.svc.close().await?;
+        if let Some(svc) = self.svc.get() {
+            svc.close().await?;
+        }
         Ok(())
+    }
+
+    /// The service, once there is one (a sealed start has none until its
+    /// custodians have unsealed it).
+    pub fn service(&self) -> Option<KeyService> {
+        self.svc.get().cloned()
     }
 
     async fn drain(&mut self) {
@@ -185,23 +196,54 @@ pub async fn start(
     settings: &ServerSettings,
     svc: KeyService,
 ) -> Result<RunningServer, ServerError> {
+    // Checked before binding, so a bad file fails the start at once.
+    tls::server_config(settings)?;
+    let (admin, prov) = bind(settings).await?;
+    serve_on(settings, svc, admin, prov).await
+}
+
+/// Start a sealed deployment (issue 5, KM-2): both listeners answer 503
+/// `sealed` except health, readiness and, on the admin listener, the seal's
+/// status and the custodians' shares; with the last share the token is
+/// logged in and the same listeners serve as [`start`] would.
+pub async fn start_sealed(
+    settings: &ServerSettings,
+    sealed: SealedStart,
+) -> Result<RunningServer, ServerError> {
+    sealed::start(settings, sealed).await
+}
+
+async fn bind(settings: &ServerSettings) -> Result<(TcpListener, TcpListener), ServerError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    Ok((
+        bind(settings.admin_listen).await?,
+        bind(settings.provisioning_listen).await?,
+    ))
+}
+
+fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serve `svc` on listeners already bound (by [`start`], or kept across
+/// the unseal of a sealed start, so no connection is refused meanwhile).
+async fn serve_on(
+    settings: &ServerSettings,
+    svc: KeyService,
+    admin: TcpListener,
+    prov: TcpListener,
+) -> Result<RunningServer, ServerError> {
     let tls = tls::server_config(settings)?;
     let principals = PrincipalPolicy::load(&settings.principals)?;
     let authz = Arc::new(crate::authz::Authorizer::load(
         &settings.provisioning_policy,
     )?);
     let signer = provisioning::ResponseSigner::open(svc.audit(), svc.hsm().clone()).await?;
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })
-    };
-    let admin = bind(settings.admin_listen).await?;
-    let prov = bind(settings.provisioning_listen).await?;
-    let local = |l: &TcpListener, addr: SocketAddr| {
-        l.local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })
-    };
     let addr_admin = local(&admin, settings.admin_listen)?;
     let addr_prov = local(&prov, settings.provisioning_listen)?;
 
@@ -280,7 +322,7 @@ pub async fn start(
         addr_prov,
         stop,
         tasks,
-        svc,
+        svc: Arc::new(OnceLock::from(svc)),
     })
 }
 

@@ -54,6 +54,9 @@ pub enum Code {
     RateLimited,
     /// This node serves as many requests as it can; retry shortly.
     Overloaded,
+    /// The KMS is sealed: custodians must present their unseal shares
+    /// before anything is served (issue 5, KM-2).
+    Sealed,
 }
 
 impl Code {
@@ -82,11 +85,12 @@ impl Code {
             Code::SdBound => "sd-bound",
             Code::RateLimited => "rate-limited",
             Code::Overloaded => "overloaded",
+            Code::Sealed => "sealed",
         }
     }
 
     /// Every code, for the OpenAPI document and its tests.
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 24] = [
         Code::UnknownCertificate,
         Code::Forbidden,
         Code::InvalidQuery,
@@ -110,6 +114,7 @@ impl Code {
         Code::SdBound,
         Code::RateLimited,
         Code::Overloaded,
+        Code::Sealed,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -124,7 +129,7 @@ impl Code {
             Code::KeyRefused | Code::SequenceCounter | Code::SdBound => StatusCode::CONFLICT,
             Code::CardCryptogram => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Overloaded | Code::Sealed => StatusCode::SERVICE_UNAVAILABLE,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -160,6 +165,7 @@ impl Code {
             Code::SdBound => "The Security Domain is bound to another card",
             Code::RateLimited => "Too many requests from this principal",
             Code::Overloaded => "The KMS is at capacity",
+            Code::Sealed => "The KMS is sealed until custodians present their unseal shares",
         }
     }
 }

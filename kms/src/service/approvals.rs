@@ -1,19 +1,31 @@
 //! Dual control (invariant 3): a sensitive operation runs only after people
 //! other than its requester approved exactly that operation.
 //!
-//! request -> approve (by N distinct others) -> execute (by the requester,
+//! request -> approve (by M distinct others) -> execute (by the requester,
 //! once). An approval is bound to the SHA-256 digest of the operation's
 //! canonical JSON, so approving "export A under B" cannot be replayed for
-//! anything else; requests expire. Issue 5's ceremonies bind each person to
-//! a certificate and a PIN and sign each approval; here the actor is the
-//! name the caller authenticated as.
+//! anything else; requests expire.
+//!
+//! Issue 5 (quorum approvals): every step is taken by a person who proved
+//! their PIN (a [`CustodianSession`], which only
+//! [`KeyService::authenticate`] makes) and is in good standing. The policy
+//! names, per action, how many approvals and from which roles
+//! ([`crate::policy::Quorum`]). Each approver signs
+//! [`crate::crypto::approval::approval_message`] with the key of the client
+//! certificate they are enrolled with; the service checks the certificate
+//! is theirs and the signature, and keeps both with the approval and in the
+//! `request.approve` record, so the trail alone proves who agreed to what
+//! ([`KeyService::verify_approvals`]). While the founding is open nothing
+//! is requested: there may not yet be enough people to approve.
 
 use super::audited::{mention, Act};
-use super::custodians::EnrolmentTerms;
+use super::custodians::{CustodianSession, EnrolmentTerms};
 use super::{Actor, KeyService, ServiceError};
+use crate::crypto::approval::{approval_message, verify_approval, ApprovalSignature};
 use crate::hsm::WrapAlg;
 use crate::model::{CustodianName, CustodianRole, KeyName, Pin, Tenant};
 use crate::policy::SensitiveAction;
+use crate::store::CustodianRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -74,6 +86,20 @@ pub enum Operation {
     /// Issue 5: remove a person. Their row stays (marked removed); the last
     /// security officer able to act cannot be removed.
     RemoveCustodian { name: String },
+    /// Issue 5: import a key entered as custodians' components, executed
+    /// with the components (`execute_with`); the combined key's check
+    /// value must equal `kcv`, the sender's.
+    ImportKey {
+        tenant: String,
+        key: String,
+        algorithm: String,
+        usage: String,
+        exportable: bool,
+        kcv: String,
+    },
+    /// Issue 5: adopt the policy file whose text has this SHA-256 (upper-case
+    /// hex) at the next start of the service.
+    ChangePolicy { sha256: String },
 }
 
 impl Operation {
@@ -87,6 +113,8 @@ impl Operation {
             Operation::EnrollCustodian { .. } | Operation::RemoveCustodian { .. } => {
                 SensitiveAction::Custodians
             }
+            Operation::ImportKey { .. } => SensitiveAction::Import,
+            Operation::ChangePolicy { .. } => SensitiveAction::Policy,
         }
     }
 
@@ -185,6 +213,38 @@ impl Operation {
             Operation::RemoveCustodian { name } => {
                 CustodianName::parse(name)?;
             }
+            Operation::ImportKey {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                kcv,
+                ..
+            } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+                let alg = algorithm.parse::<crate::model::Algorithm>()?;
+                let usage = usage.parse::<crate::model::KeyUsage>()?;
+                if !alg.is_secret() || !usage.allows(alg) {
+                    return Err(ServiceError::Invalid(format!(
+                        "a {usage} key cannot be {alg} entered as components"
+                    )));
+                }
+                crate::crypto::Kcv::parse_hex(kcv)
+                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            }
+            Operation::ChangePolicy { sha256 } => {
+                if sha256.len() != 64
+                    || !sha256
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return Err(ServiceError::Invalid(
+                        "a policy change names the new policy's SHA-256, 64 upper-case hex digits"
+                            .into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -196,7 +256,10 @@ impl Operation {
 
     /// Whether executing needs key components typed by custodians.
     pub fn needs_components(&self) -> bool {
-        matches!(self, Operation::TrustedKek { kcv: Some(_), .. })
+        matches!(
+            self,
+            Operation::TrustedKek { kcv: Some(_), .. } | Operation::ImportKey { .. }
+        )
     }
 
     /// Whether executing needs the initial PIN of the person enrolled.
@@ -221,9 +284,12 @@ impl Operation {
             Operation::Export { tenant, key, .. }
             | Operation::Destroy { tenant, key, .. }
             | Operation::Compromise { tenant, key, .. }
-            | Operation::TrustedKek { tenant, key, .. } => Some((tenant, Some(key))),
+            | Operation::TrustedKek { tenant, key, .. }
+            | Operation::ImportKey { tenant, key, .. } => Some((tenant, Some(key))),
             Operation::ReleaseSd { tenant, .. } => Some((tenant, None)),
-            Operation::EnrollCustodian { .. } | Operation::RemoveCustodian { .. } => None,
+            Operation::EnrollCustodian { .. }
+            | Operation::RemoveCustodian { .. }
+            | Operation::ChangePolicy { .. } => None,
         }
     }
 }
@@ -239,7 +305,9 @@ pub struct ApprovalRequest {
     pub expires_at: OffsetDateTime,
     pub status: String,
     pub approvers: Vec<String>,
+    /// The quorum of the operation's action, by the running policy.
     pub approvals_needed: u32,
+    pub approver_roles: Vec<CustodianRole>,
 }
 
 /// What executing a request produced.
@@ -252,11 +320,34 @@ pub enum Executed {
     Released(crate::store::SdBinding),
     /// The person enrolled or removed.
     Custodian(crate::store::CustodianRecord),
+    /// A policy approved, to be adopted at the next start.
+    Policy(PolicyApproved),
+}
+
+/// An executed `ChangePolicy`: the service adopts the policy with this
+/// digest when it next starts with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyApproved {
+    pub sha256: String,
+    pub request: String,
+}
+
+/// One `request.approve` record of the trail, re-checked from its own
+/// fields: the certificate's fingerprint, and the signature over the
+/// approval message under that certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalCheck {
+    pub seq: u64,
+    pub request: String,
+    pub approver: String,
+    pub digest: String,
+    /// None when it verifies; else why not.
+    pub problem: Option<String>,
 }
 
 impl KeyService {
-    fn needed(&self) -> u32 {
-        self.policy.dual_control.approvals
+    fn quorum_of(&self, op: &Operation) -> crate::policy::Quorum {
+        self.policy.quorum(op.action())
     }
 
     async fn load_request(&self, id: &str) -> Result<ApprovalRequest, ServiceError> {
@@ -272,6 +363,7 @@ impl KeyService {
                 "request {id}: the stored operation does not match its digest"
             )));
         }
+        let quorum = self.quorum_of(&operation);
         Ok(ApprovalRequest {
             id: row.id,
             operation,
@@ -280,7 +372,8 @@ impl KeyService {
             expires_at: row.expires_at,
             status: row.status,
             approvers: row.approvers,
-            approvals_needed: self.needed(),
+            approvals_needed: quorum.approvals,
+            approver_roles: quorum.roles,
         })
     }
 
@@ -300,33 +393,74 @@ impl KeyService {
             .await
     }
 
-    /// Ask for a sensitive operation. Nothing happens to any key yet.
+    /// Ask for a sensitive operation, as a person who proved their PIN.
+    /// Nothing happens to any key yet.
     pub async fn request(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         op: Operation,
     ) -> Result<ApprovalRequest, ServiceError> {
+        let actor = who.actor();
         let id = uuid::Uuid::new_v4().to_string();
-        let act = op_act(Act::change(actor, "request.create"), &op)
+        let act = op_act(Act::change(&actor, "request.create"), &op)
             .correlate(&id)
+            .role(who.role().as_str())
             .detail("digest", op.digest()?);
         self.audited(
             act,
-            self.request_now(actor, op.clone(), id.clone()),
+            self.request_now(who, op.clone(), id.clone()),
             request_mentions,
         )
         .await
     }
 
+    /// The person behind a session, in good standing now, still bound to
+    /// the certificate they logged in with.
+    async fn standing_of(
+        &self,
+        who: &CustodianSession,
+        role: Option<CustodianRole>,
+    ) -> Result<CustodianRecord, ServiceError> {
+        let rec = self
+            .require_standing(&who.actor(), role, OffsetDateTime::now_utc())
+            .await?;
+        if rec.cert_sha256.as_deref() != who.cert_sha256() {
+            return Err(ServiceError::Refused(format!(
+                "{}'s certificate binding changed since they logged in; log in again",
+                rec.name
+            )));
+        }
+        Ok(rec)
+    }
+
     async fn request_now(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         op: Operation,
         id: String,
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
+        let officer = op
+            .action()
+            .officer_requests()
+            .then_some(CustodianRole::SecurityOfficer);
+        self.standing_of(who, officer).await?;
+        if self.store.founding_closed().await?.is_none() {
+            return Err(ServiceError::Refused(
+                "the founding is still open: enrol the people, then close it (kms custodian close-founding) before any dual-controlled request".into(),
+            ));
+        }
+        let actor = who.actor();
+        let actor = &actor;
         let ttl = Duration::minutes(i64::from(self.policy.dual_control.request_ttl_minutes));
-        if op.custodian().is_some() {
+        if let Operation::ChangePolicy { sha256 } = &op {
+            if sha256 == self.policy.digest() {
+                return Err(ServiceError::Invalid(
+                    "this is the policy in force already".into(),
+                ));
+            }
+        }
+        if op.subject().is_none() {
             self.check_custodian_request(actor, &op).await?;
             self.store
                 .insert_approval_request(
@@ -381,6 +515,25 @@ impl KeyService {
                 )))
             }
             (Operation::TrustedKek { .. }, None) => {}
+            (Operation::ImportKey { .. }, Some(_)) => {
+                return Err(ServiceError::Invalid(format!(
+                    "tenant {tenant} already has a key named {}",
+                    key.as_ref().map(KeyName::as_str).unwrap_or_default()
+                )))
+            }
+            (
+                Operation::ImportKey {
+                    usage, exportable, ..
+                },
+                None,
+            ) => {
+                let usage = usage.parse::<crate::model::KeyUsage>()?;
+                if *exportable && !self.policy.may_export(usage) {
+                    return Err(ServiceError::Refused(format!(
+                        "policy does not allow exportable {usage} keys"
+                    )));
+                }
+            }
             (_, None) => {
                 return Err(ServiceError::NotFound(format!(
                     "{tenant}/{}",
@@ -403,23 +556,31 @@ impl KeyService {
         self.load_request(&id).await
     }
 
-    /// Approve a request. `digest` is what the approver was shown; it must
-    /// match the stored operation's digest.
+    /// Approve a request, as a person who proved their PIN. `digest` is
+    /// what the approver was shown; it must match the stored operation's
+    /// digest. `sig` is their signature over
+    /// `approval_message(id, digest, name)` and the certificate they are
+    /// enrolled with; both are kept with the approval and in the record.
     pub async fn approve(
         &self,
-        approver: &Actor,
+        who: &CustodianSession,
         id: &str,
         digest: &str,
+        sig: &ApprovalSignature,
     ) -> Result<ApprovalRequest, ServiceError> {
-        let mut act = Act::change(approver, "request.approve")
+        let mut act = Act::change(&who.actor(), "request.approve")
             .correlate(id)
-            .detail("digest", digest);
+            .role(who.role().as_str())
+            .detail("digest", digest)
+            .detail("approver_cert_sha256", sig.cert_sha256())
+            .detail("approval_signature", hex::encode_upper(&sig.signature))
+            .detail("approver_cert", hex::encode_upper(&sig.cert_der));
         if let Ok(req) = self.load_request(id).await {
             act = op_act(act, &req.operation);
         }
         self.audited(
             act,
-            self.approve_now(approver, id, digest),
+            self.approve_now(who, id, digest, sig),
             request_mentions,
         )
         .await
@@ -427,10 +588,12 @@ impl KeyService {
 
     async fn approve_now(
         &self,
-        approver: &Actor,
+        who: &CustodianSession,
         id: &str,
         digest: &str,
+        sig: &ApprovalSignature,
     ) -> Result<ApprovalRequest, ServiceError> {
+        let approver = who.name().as_str();
         let req = self.load_request(id).await?;
         self.check_open(&req)?;
         if !req.digest.eq_ignore_ascii_case(digest) {
@@ -438,30 +601,57 @@ impl KeyService {
                 "this approval is for a different operation (digest mismatch)".into(),
             ));
         }
-        if approver.as_str() == req.requested_by {
+        if approver == req.requested_by {
             return Err(ServiceError::Refused(
                 "the requester cannot approve their own request".into(),
             ));
         }
-        if req.approvers.iter().any(|a| a == approver.as_str()) {
+        if req.approvers.iter().any(|a| a == approver) {
             return Err(ServiceError::Refused(format!(
                 "{approver} has already approved this request"
             )));
         }
-        if let Some(person) = req.operation.custodian() {
-            if approver.as_str() == person {
-                return Err(ServiceError::Refused(
-                    "the person enrolled or removed cannot approve it".into(),
-                ));
-            }
-            // An enrolled approver must be in good standing (not locked,
-            // initial PIN changed, inside their window).
-            if let Some(rec) = self.store.custodian(approver.as_str()).await? {
-                super::custodians::check_standing(&rec, OffsetDateTime::now_utc())?;
-            }
+        if req.operation.custodian() == Some(approver) {
+            return Err(ServiceError::Refused(
+                "the person enrolled or removed cannot approve it".into(),
+            ));
         }
+        let rec = self.standing_of(who, None).await?;
+        if !req.approver_roles.contains(&rec.role) {
+            return Err(ServiceError::Auth(super::AuthRefusal::Role {
+                name: approver.to_owned(),
+                role: rec.role.to_string(),
+                needed: req
+                    .approver_roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            }));
+        }
+        // The signature proves the approval only if the certificate is the
+        // one this person was enrolled with.
+        match &rec.cert_sha256 {
+            None => {
+                return Err(ServiceError::Refused(format!(
+                    "{approver} is bound to no certificate, so cannot sign an approval"
+                )))
+            }
+            Some(bound) if !bound.eq_ignore_ascii_case(&sig.cert_sha256()) => {
+                return Err(ServiceError::Refused(format!(
+                    "the certificate of this approval is not the one {approver} is enrolled with"
+                )))
+            }
+            Some(_) => {}
+        }
+        verify_approval(
+            &sig.cert_der,
+            &approval_message(id, &req.digest, approver),
+            &sig.signature,
+        )
+        .map_err(|e| ServiceError::Refused(e.to_string()))?;
         self.store
-            .add_approval(id, approver.as_str(), &req.digest)
+            .add_approval(id, approver, &req.digest, &sig.signature, &sig.cert_der)
             .await?;
         self.load_request(id).await
     }
@@ -483,20 +673,24 @@ impl KeyService {
     }
 
     /// Run an approved request, once, as its requester.
-    pub async fn execute(&self, actor: &Actor, id: &str) -> Result<Executed, ServiceError> {
-        self.execute_with(actor, id, Vec::new()).await
+    pub async fn execute(
+        &self,
+        who: &CustodianSession,
+        id: &str,
+    ) -> Result<Executed, ServiceError> {
+        self.execute_with(who, id, Vec::new()).await
     }
 
     /// As `execute`, for operations that take custodians' components
     /// (a trusted KEK entered by components).
     pub async fn execute_with(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         id: &str,
         components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
     ) -> Result<Executed, ServiceError> {
         self.execute_inputs(
-            actor,
+            who,
             id,
             Inputs {
                 components,
@@ -512,12 +706,12 @@ impl KeyService {
     /// used up.
     pub async fn execute_enrolment(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         id: &str,
         initial_pin: Pin,
     ) -> Result<Executed, ServiceError> {
         self.execute_inputs(
-            actor,
+            who,
             id,
             Inputs {
                 components: Vec::new(),
@@ -529,11 +723,14 @@ impl KeyService {
 
     async fn execute_inputs(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         id: &str,
         inputs: Inputs,
     ) -> Result<Executed, ServiceError> {
-        let mut act = Act::change(actor, "request.execute").correlate(id);
+        let actor = &who.actor();
+        let mut act = Act::change(actor, "request.execute")
+            .correlate(id)
+            .role(who.role().as_str());
         if let Ok(req) = self.load_request(id).await {
             act = op_act(act, &req.operation)
                 .detail("digest", req.digest.clone())
@@ -542,10 +739,10 @@ impl KeyService {
         }
         self.audited(
             act,
-            self.execute_now(actor, id, inputs),
+            self.execute_now(who, id, inputs),
             |e: &Executed| match e {
                 Executed::Key(k) => mention(k),
-                Executed::Released(_) | Executed::Custodian(_) => Vec::new(),
+                Executed::Released(_) | Executed::Custodian(_) | Executed::Policy(_) => Vec::new(),
                 Executed::Exported(x) => vec![
                     crate::audit::KeyMention {
                         tenant: x.tenant.to_string(),
@@ -567,10 +764,11 @@ impl KeyService {
 
     async fn execute_now(
         &self,
-        actor: &Actor,
+        who: &CustodianSession,
         id: &str,
         inputs: Inputs,
     ) -> Result<Executed, ServiceError> {
+        let actor = &who.actor();
         let Inputs {
             components,
             initial_pin,
@@ -603,30 +801,34 @@ impl KeyService {
                 "only the requester executes an approved request".into(),
             ));
         }
-        let distinct = req
-            .approvers
-            .iter()
-            .filter(|a| a.as_str() != req.requested_by)
-            .count();
-        if self.policy.needs_approval(req.operation.action()) && (distinct as u32) < self.needed() {
+        // The requester is still in good standing (and still a security
+        // officer for operations about people or the policy).
+        let officer = req
+            .operation
+            .action()
+            .officer_requests()
+            .then_some(CustodianRole::SecurityOfficer);
+        self.standing_of(who, officer).await?;
+        // Count the approvals that still stand: by enrolled people other
+        // than the requester, not removed since, in a role the quorum
+        // accepts (the policy may have changed since they approved).
+        let mut standing = 0u32;
+        for a in req.approvers.iter().filter(|a| **a != req.requested_by) {
+            if let Some(rec) = self.store.custodian(a).await? {
+                if !rec.is_removed() && req.approver_roles.contains(&rec.role) {
+                    standing += 1;
+                }
+            }
+        }
+        if self.policy.needs_approval(req.operation.action()) && standing < req.approvals_needed {
             return Err(ServiceError::Refused(format!(
                 "{} of {} approvals so far",
-                distinct,
-                self.needed()
+                standing, req.approvals_needed
             )));
         }
-        // Operations about people: the requester is still a security
-        // officer in good standing, and the initial PIN passes the policy
-        // (hashed now, so a weak one does not use the request up).
+        // The initial PIN passes the policy (hashed now, so a weak one does
+        // not use the request up).
         let mut pin_hash = None;
-        if req.operation.custodian().is_some() {
-            self.require_standing(
-                actor,
-                Some(CustodianRole::SecurityOfficer),
-                OffsetDateTime::now_utc(),
-            )
-            .await?;
-        }
         if let Some(pin) = &initial_pin {
             pin_hash = Some(self.new_pin_hash(pin).await?);
         }
@@ -803,6 +1005,49 @@ impl KeyService {
                 let rec = self.remove_approved(actor, id, &name).await?;
                 Ok(Executed::Custodian(rec))
             }
+            Operation::ImportKey {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                exportable,
+                kcv,
+            } => {
+                let expected_kcv = crate::crypto::Kcv::parse_hex(&kcv)
+                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                let rec = self
+                    .import_components_now(
+                        actor,
+                        super::ImportComponents {
+                            key: super::CreateKey {
+                                tenant: Tenant::parse(&tenant)?,
+                                name: KeyName::parse(&key)?,
+                                algorithm: algorithm.parse()?,
+                                usage: usage.parse()?,
+                                exportable,
+                                activate: true,
+                                trusted: false,
+                            },
+                            components,
+                            expected_kcv,
+                        },
+                    )
+                    .await?
+                    .key;
+                self.store
+                    .record_event(&rec.id, Some(1), actor.as_str(), "import", Some(why))
+                    .await?;
+                Ok(Executed::Key(rec))
+            }
+            Operation::ChangePolicy { sha256 } => {
+                self.store
+                    .approve_policy(&sha256, actor.as_str(), id)
+                    .await?;
+                Ok(Executed::Policy(PolicyApproved {
+                    sha256,
+                    request: id.to_owned(),
+                }))
+            }
         }
     }
 
@@ -884,6 +1129,120 @@ impl KeyService {
     }
 }
 
+impl KeyService {
+    /// Adopt the running policy (issue 5, item 2: changing policy is a
+    /// quorum operation). A fresh database adopts the first policy it is
+    /// opened with; after that a policy whose digest differs is adopted
+    /// only if an executed `ChangePolicy` request approved exactly that
+    /// digest (the approval is used up), and otherwise the service refuses
+    /// to open. Recorded as `policy.adopt`, refusals included.
+    pub(crate) async fn adopt_policy(&self) -> Result<(), ServiceError> {
+        let digest = self.policy.digest().to_owned();
+        let adopted = self.store.adopted_policy().await?;
+        if adopted.as_ref().is_some_and(|a| a.value == digest) {
+            return Ok(());
+        }
+        let approved = self
+            .store
+            .approved_policy()
+            .await?
+            .filter(|a| a.value == digest);
+        let kms = Actor(crate::store::SYSTEM_ACTOR.to_owned());
+        let mut act = Act::change(&kms, "policy.adopt")
+            .role(self.system_role())
+            .detail("policy_digest", digest.clone());
+        if let Some(a) = &adopted {
+            act = act.detail("previous_policy_digest", a.value.clone());
+        }
+        if let Some(req) = approved.as_ref().and_then(|a| a.request.as_deref()) {
+            act = act.correlate(req);
+        }
+        let work = async {
+            let current = adopted.as_ref().map(|a| a.value.as_str());
+            if let Some(cur) = current {
+                if approved.is_none() {
+                    return Err(ServiceError::Refused(format!(
+                        "the policy's SHA-256 is {digest}, not the adopted {cur}; a changed policy needs an approved, executed request first (kms request policy-change)"
+                    )));
+                }
+            }
+            let request = approved.as_ref().and_then(|a| a.request.as_deref());
+            if !self
+                .store
+                .adopt_policy(current, &digest, crate::store::SYSTEM_ACTOR, request)
+                .await?
+            {
+                return Err(ServiceError::Refused(
+                    "the adopted policy changed meanwhile (another node); start again".into(),
+                ));
+            }
+            Ok(())
+        };
+        self.audited(act, work, super::audited::no_mentions).await
+    }
+
+    /// Re-check every successful `request.approve` record from the trail
+    /// alone (issue 5: the trail proves who agreed to what): the recorded
+    /// certificate has the recorded fingerprint, and the recorded signature
+    /// verifies under it over the approval message of that request, digest
+    /// and approver. Records from before signed approvals are reported as
+    /// unsigned.
+    pub async fn verify_approvals(
+        &self,
+        actor: &Actor,
+    ) -> Result<Vec<ApprovalCheck>, ServiceError> {
+        let act = Act::read(actor, "request.verify-approvals");
+        let work = async {
+            let records = self
+                .store
+                .audit_search(&crate::store::AuditFilter {
+                    action: Some("request.approve".into()),
+                    outcome: Some(crate::audit::Outcome::Success),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(records.iter().map(check_approval_record).collect())
+        };
+        self.audited(act, work, super::audited::no_mentions).await
+    }
+}
+
+/// One `request.approve` record, checked from its own fields.
+pub fn check_approval_record(rec: &crate::audit::AuditRecord) -> ApprovalCheck {
+    let d = &rec.event.details;
+    let field = |k: &str| d.get(k).cloned().unwrap_or_default();
+    let request = rec
+        .event
+        .request_id
+        .clone()
+        .or_else(|| d.get("request").cloned())
+        .unwrap_or_default();
+    let problem = (|| -> Result<(), String> {
+        let (Some(cert), Some(sig), Some(fp)) = (
+            d.get("approver_cert"),
+            d.get("approval_signature"),
+            d.get("approver_cert_sha256"),
+        ) else {
+            return Err("unsigned (recorded before signed approvals)".into());
+        };
+        let cert = hex::decode(cert).map_err(|_| "the recorded certificate is not hex")?;
+        let sig = hex::decode(sig).map_err(|_| "the recorded signature is not hex")?;
+        if !crate::crypto::approval::cert_sha256(&cert).eq_ignore_ascii_case(fp) {
+            return Err("the recorded certificate does not have the recorded fingerprint".into());
+        }
+        let msg = approval_message(&request, &field("digest"), &rec.event.actor);
+        verify_approval(&cert, &msg, &sig).map_err(|e| e.to_string())
+    })()
+    .err();
+    ApprovalCheck {
+        seq: rec.seq,
+        request,
+        approver: rec.event.actor.clone(),
+        digest: field("digest").to_ascii_uppercase(),
+        problem,
+    }
+}
+
 /// What an execution is given besides the request: custodians' components
 /// (a trusted KEK entered by components) or a new person's initial PIN.
 struct Inputs {
@@ -922,6 +1281,22 @@ fn op_act(act: Act, op: &Operation) -> Act {
             return act
                 .detail("custodian", name.clone())
                 .detail("custodian_op", "remove");
+        }
+        Operation::ChangePolicy { sha256 } => {
+            return act.detail("policy_digest", sha256.clone());
+        }
+        Operation::ImportKey {
+            algorithm,
+            usage,
+            exportable,
+            kcv,
+            ..
+        } => {
+            act = act
+                .detail("algorithm", algorithm.clone())
+                .detail("usage", usage.clone())
+                .detail("exportable", exportable.to_string())
+                .detail("expected_kcv", kcv.clone());
         }
         _ => {}
     }

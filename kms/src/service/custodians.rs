@@ -4,8 +4,15 @@
 //!
 //! - **Enrolment.** The very first person is enrolled alone (the
 //!   bootstrap, `custodian.enroll` with `bootstrap` `true`), and must be a
-//!   security officer, so that someone can re-enable a locked person. Every
-//!   later enrolment and every removal is a dual-controlled request
+//!   security officer, so that someone can re-enable a locked person.
+//!   While the *founding* is open, a security officer in good standing
+//!   enrols the others alone too ([`KeyService::enroll_founding`], also
+//!   `bootstrap` `true`): approvers must be enrolled people, so before
+//!   there are enough of them nobody could approve anything. The founding
+//!   is closed for good by [`KeyService::close_founding`], which refuses
+//!   while the people enrolled could not meet every quorum of the policy;
+//!   no dual-controlled request is accepted before. After it every
+//!   enrolment and every removal is a dual-controlled request
 //!   (`Operation::EnrollCustodian`, `Operation::RemoveCustodian`, policy
 //!   action `custodians`), requested by a security officer in good standing,
 //!   approved by others (not by the person concerned); the initial PIN is
@@ -261,7 +268,12 @@ impl KeyService {
         }
         if !self.store.custodians().await?.is_empty() {
             return Err(ServiceError::Refused(
-                "people are enrolled already; an enrolment is now a dual-controlled request (EnrollCustodian)".into(),
+                if self.store.founding_closed().await?.is_some() {
+                    "people are enrolled already; an enrolment is now a dual-controlled request (EnrollCustodian)"
+                } else {
+                    "people are enrolled already; during the founding a security officer enrols the others (kms custodian bootstrap --as OFFICER)"
+                }
+                .into(),
             ));
         }
         let pin_hash = self.new_pin_hash(&enrolment.initial_pin).await?;
@@ -284,6 +296,149 @@ impl KeyService {
                         .into(),
                 )
             })
+    }
+
+    /// The founding: while it is open, a security officer in good standing
+    /// (who proved their PIN) enrols another person alone. Recorded as
+    /// `custodian.enroll` with `bootstrap` `true` and the officer as actor.
+    pub async fn enroll_founding(
+        &self,
+        officer: &CustodianSession,
+        enrolment: Enrolment,
+    ) -> Result<CustodianRecord, ServiceError> {
+        let actor = officer.actor();
+        let mut act = Act::change(&actor, "custodian.enroll")
+            .role(officer.role().as_str())
+            .detail("custodian", enrolment.name.as_str())
+            .detail("role", enrolment.role.as_str())
+            .detail("bootstrap", "true")
+            .detail("founding", "true")
+            .detail(
+                "idle_timeout_seconds",
+                enrolment
+                    .idle_timeout_seconds
+                    .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS)
+                    .to_string(),
+            );
+        if let Some(w) = &enrolment.login_window {
+            act = act.detail("login_window", w.to_string());
+        }
+        if let Some(c) = &enrolment.cert_sha256 {
+            act = act.detail("cert_sha256", c.clone());
+        }
+        let work = async {
+            self.require_standing(
+                &actor,
+                Some(CustodianRole::SecurityOfficer),
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+            if self.store.founding_closed().await?.is_some() {
+                return Err(ServiceError::Refused(
+                    "the founding is closed; an enrolment is a dual-controlled request (EnrollCustodian)".into(),
+                ));
+            }
+            let terms = EnrolmentTerms::parse(
+                enrolment.name.as_str(),
+                enrolment.role.as_str(),
+                enrolment.cert_sha256.as_deref(),
+                None,
+                enrolment.idle_timeout_seconds,
+            )?;
+            let pin_hash = self.new_pin_hash(&enrolment.initial_pin).await?;
+            let new = NewCustodian {
+                name: terms.name,
+                role: terms.role,
+                cert_sha256: terms.cert_sha256,
+                pin_hash,
+                login_window: enrolment.login_window,
+                idle_timeout_seconds: terms.idle_timeout_seconds,
+                enrolled_by: actor.as_str().to_owned(),
+                enrolment_request: None,
+            };
+            self.store
+                .found_custodian(&new, OffsetDateTime::now_utc())
+                .await
+                .map_err(ServiceError::from)
+        };
+        self.audited(act, work, no_mentions).await
+    }
+
+    /// Whether the founding is still open (people enrolled alone by a
+    /// security officer; no dual-controlled request yet).
+    pub async fn founding_open(&self) -> Result<bool, ServiceError> {
+        Ok(self.store.founding_closed().await?.is_none())
+    }
+
+    /// Close the founding for good (`custodian.close-founding`): from now on
+    /// nobody is enrolled alone, and requests are accepted. Refused unless
+    /// `officer` is a security officer in good standing, and unless the
+    /// people enrolled could meet every quorum of the policy (for each
+    /// action: someone who may request it, and enough others bound to a
+    /// certificate, in an approving role, to approve it).
+    pub async fn close_founding(
+        &self,
+        officer: &CustodianSession,
+    ) -> Result<Vec<CustodianRecord>, ServiceError> {
+        let actor = officer.actor();
+        let act = Act::change(&actor, "custodian.close-founding").role(officer.role().as_str());
+        let work = async {
+            self.require_standing(
+                &actor,
+                Some(CustodianRole::SecurityOfficer),
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+            if self.store.founding_closed().await?.is_some() {
+                return Err(ServiceError::Refused(
+                    "the founding is closed already".into(),
+                ));
+            }
+            let people: Vec<CustodianRecord> = self
+                .store
+                .custodians()
+                .await?
+                .into_iter()
+                .filter(|p| !p.is_removed() && !p.is_locked())
+                .collect();
+            for action in crate::policy::SensitiveAction::ALL {
+                if !self.policy.needs_approval(action) {
+                    continue;
+                }
+                let q = self.policy.quorum(action);
+                let may_request = |p: &CustodianRecord| {
+                    !action.officer_requests() || p.role == CustodianRole::SecurityOfficer
+                };
+                let may_approve =
+                    |p: &CustodianRecord| p.cert_sha256.is_some() && q.roles.contains(&p.role);
+                let met = people.iter().filter(|r| may_request(r)).any(|r| {
+                    people
+                        .iter()
+                        .filter(|a| a.name != r.name && may_approve(a))
+                        .count() as u32
+                        >= q.approvals
+                });
+                if !met {
+                    return Err(ServiceError::Refused(format!(
+                        "the people enrolled cannot meet the quorum of {action} ({} approval(s) by {}, besides a requester{}); enrol more first",
+                        q.approvals,
+                        q.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or "),
+                        if action.officer_requests() { " who is a security officer" } else { "" }
+                    )));
+                }
+            }
+            if !self
+                .store
+                .close_founding(actor.as_str(), OffsetDateTime::now_utc())
+                .await?
+            {
+                return Err(ServiceError::Refused(
+                    "the founding is closed already".into(),
+                ));
+            }
+            Ok(people)
+        };
+        self.audited(act, work, no_mentions).await
     }
 
     /// Executing an approved `EnrollCustodian` request (see approvals.rs):

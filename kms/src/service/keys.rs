@@ -127,11 +127,19 @@ impl KeyService {
         }
     }
 
-    fn spec(record_like: &CreateKey, object_id: ObjectId) -> KeySpec {
+    /// `KeySpec::exportable` is CKA_EXTRACTABLE: true for exportable keys
+    /// and for keys the policy backs up (KM-2, `backup::extractable`).
+    fn spec(&self, record_like: &CreateKey, object_id: ObjectId) -> KeySpec {
         KeySpec {
             algorithm: record_like.algorithm,
             usage: record_like.usage,
-            exportable: record_like.exportable,
+            exportable: super::backup::extractable(
+                &self.policy,
+                record_like.usage,
+                record_like.algorithm,
+                record_like.exportable,
+                record_like.trusted,
+            ),
             object_id,
             label: format!("{}/{}", record_like.tenant, record_like.name),
             persistent: true,
@@ -166,7 +174,7 @@ impl KeyService {
             .store
             .create_key_as(&new, &first, actor.as_str(), action)
             .await?;
-        let spec = Self::spec(req, object_id);
+        let spec = self.spec(req, object_id);
         let trust = if req.trusted {
             Trust::TrustedBySecurityOfficer
         } else {
@@ -531,7 +539,7 @@ impl KeyService {
             .store
             .add_version(&rec.id, &nv, actor.as_str(), "rotate")
             .await?;
-        let spec = Self::spec(&req, object_id);
+        let spec = self.spec(&req, object_id);
         match self
             .on_hsm(move |h| Ok(h.generate(&spec, Trust::Normal)?.kcv))
             .await

@@ -11,18 +11,29 @@
 
 mod approvals;
 mod audited;
+mod backup;
 mod cardkeys;
+pub mod ceremony;
+mod components_out;
 mod custodians;
 mod error;
 mod keys;
 mod reconcile;
+mod seal;
 mod sessions;
 
-pub use approvals::{ApprovalRequest, Executed, Operation};
+pub use approvals::{
+    check_approval_record, ApprovalCheck, ApprovalRequest, Executed, Operation, PolicyApproved,
+};
+pub use backup::{
+    renew_lost_system_keys, BackupEntry, BackupFile, BackupKek, BackupKekRef, CheckMethod,
+    RestoreReport, SkippedVersion, SystemKeysRenewal, BACKUP_FORMAT, BACKUP_KEK_ALGORITHM,
+};
 pub(crate) use cardkeys::issuer_key_names;
 pub use cardkeys::{
     EmvCardKeys, EmvCardKeysRequest, SdBindingState, SdDiversification, SdRef, WrappedKey,
 };
+pub use components_out::{GeneratedComponents, IssuedComponent};
 pub use custodians::{
     CustodianSession, CustodianSettings, Enrolment, DEFAULT_IDLE_TIMEOUT_SECONDS,
     IDLE_TIMEOUT_RANGE,
@@ -129,6 +140,8 @@ impl KeyService {
             })
             .await
             .map_err(ServiceError::Audit)?;
+        // Issue 5: a policy is used only once adopted under quorum.
+        svc.adopt_policy().await?;
 
         Ok(svc)
     }

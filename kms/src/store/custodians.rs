@@ -14,6 +14,7 @@
 //! No PIN reaches this module: only [`PinHash`] values, which the schema
 //! also checks (`pin_hash` must start `$argon2id$`).
 
+use super::approvals::{StateFact, FIRST_PERSON, FOUNDING_CLOSED};
 use super::records::{format_time, RowReader};
 use super::{Backend, Store, StoreError};
 use crate::crypto::PinHash;
@@ -114,9 +115,9 @@ pub enum Removal {
 
 impl Store {
     /// The bootstrap: enrols `new` only if nobody was ever enrolled, in one
-    /// statement; a unique index admits one bootstrap row ever, so of
-    /// concurrent bootstraps (several nodes) one wins. None, changing
-    /// nothing, if someone is enrolled already.
+    /// transaction that also writes the `first-person` fact, whose primary
+    /// key admits one; so of concurrent bootstraps (several nodes) one
+    /// wins. None, changing nothing, if someone is enrolled already.
     pub async fn bootstrap_custodian(
         &self,
         new: &NewCustodian,
@@ -129,6 +130,20 @@ impl Store {
             });
         }
         let mut tx = self.begin_write().await?;
+        let first = sqlx::query(
+            "INSERT INTO kms_state (name, fact, set_at, set_by) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(FIRST_PERSON)
+        .bind(new.name.as_str())
+        .bind(format_time(now)?)
+        .bind(new.enrolled_by.as_str())
+        .execute(&mut *tx)
+        .await;
+        match first {
+            Ok(_) => {}
+            Err(e) if StoreError::is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let done = bind_new(
             sqlx::query(
                 "INSERT INTO custodians (name, role, cert_sha256, pin_hash, must_change_pin, \
@@ -145,12 +160,64 @@ impl Store {
         match done {
             Ok(d) if d.rows_affected() == 1 => {}
             Ok(_) => return Ok(None),
-            // A concurrent bootstrap committed first (PostgreSQL).
             Err(e) if StoreError::is_unique_violation(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         tx.commit().await?;
         self.custodian(new.name.as_str()).await
+    }
+
+    /// The founding (issue 5): a security officer enrols `new` alone, only
+    /// while the founding is open, checked in the same transaction as the
+    /// insert. Refused if the name or the certificate was ever enrolled, or
+    /// the founding is closed.
+    pub async fn found_custodian(
+        &self,
+        new: &NewCustodian,
+        now: OffsetDateTime,
+    ) -> Result<CustodianRecord, StoreError> {
+        if new.enrolment_request.is_some() {
+            return Err(StoreError::Invalid {
+                what: "custodian",
+                why: "a founding enrolment has no request".into(),
+            });
+        }
+        let mut tx = self.begin_write().await?;
+        let closed = sqlx::query("SELECT 1 AS one FROM kms_state WHERE name = $1")
+            .bind(FOUNDING_CLOSED)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if closed.is_some() {
+            return Err(StoreError::Invalid {
+                what: "custodian",
+                why: "the founding is closed; an enrolment is a dual-controlled request".into(),
+            });
+        }
+        self.insert_custodian(tx, new, now).await
+    }
+
+    /// Whether the founding was closed, and by whom.
+    pub async fn founding_closed(&self) -> Result<Option<StateFact>, StoreError> {
+        self.state_fact(FOUNDING_CLOSED).await
+    }
+
+    /// Close the founding for good. False if it was closed already.
+    pub async fn close_founding(&self, by: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "INSERT INTO kms_state (name, fact, set_at, set_by) \
+             SELECT $1, 'closed', $2, $3 WHERE NOT EXISTS (SELECT 1 FROM kms_state WHERE name = $1)",
+        )
+        .bind(FOUNDING_CLOSED)
+        .bind(format_time(now)?)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Enrols `new` as approved by its dual-control request. Refused if the
@@ -166,7 +233,16 @@ impl Store {
                 why: "only the bootstrap enrolment has no request".into(),
             });
         }
-        let mut tx = self.begin_write().await?;
+        let tx = self.begin_write().await?;
+        self.insert_custodian(tx, new, now).await
+    }
+
+    async fn insert_custodian(
+        &self,
+        mut tx: super::WriteTx,
+        new: &NewCustodian,
+        now: OffsetDateTime,
+    ) -> Result<CustodianRecord, StoreError> {
         let taken = sqlx::query(
             "SELECT name FROM custodians WHERE name = $1 OR (cert_sha256 IS NOT NULL AND cert_sha256 = $2)",
         )

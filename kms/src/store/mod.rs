@@ -24,11 +24,12 @@ mod error;
 mod keys;
 mod provisioning;
 mod records;
+mod seal;
 
 #[cfg(test)]
 mod tests;
 
-pub use approvals::ApprovalRow;
+pub use approvals::{ApprovalRow, StateFact};
 pub use audit::AuditFilter;
 pub use custodians::{CustodianRecord, FailedLogin, NewCustodian, Removal, MAX_FAILED_LOGINS};
 pub use error::StoreError;
@@ -36,6 +37,7 @@ pub use provisioning::{BindOutcome, SdBinding};
 pub use records::{
     EventRecord, KeyId, KeyRecord, NewKey, NewVersion, Presence, PresenceError, VersionRecord,
 };
+pub use seal::{SealKind, SealRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
