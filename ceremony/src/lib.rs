@@ -10,6 +10,6 @@ pub mod script;
 pub mod service;
 
 pub use console::{Answers, Console, ScriptedConsole, TerminalConsole};
-pub use runner::{preflight, run, RunError};
+pub use runner::{preflight, run, run_with_clock, RunError};
 pub use script::{Script, ScriptError, Step};
 pub use service::{Kms, KmsAccess};

@@ -73,6 +73,8 @@ struct Present {
 
 struct Run<'a> {
     script: &'a Script,
+    /// For idle timeouts.
+    clock: &'a (dyn Fn() -> OffsetDateTime + Sync),
     params: BTreeMap<String, String>,
     kms: &'a mut Kms,
     console: &'a mut dyn Console,
@@ -134,11 +136,24 @@ pub async fn run(
     kms: &mut Kms,
     console: &mut dyn Console,
 ) -> Result<SignedTranscript, RunError> {
+    run_with_clock(script, given, kms, console, &now).await
+}
+
+/// As [`run`], with the clock that decides whether a person has been idle
+/// too long (tests pass one that runs fast).
+pub async fn run_with_clock(
+    script: &Script,
+    given: &BTreeMap<String, String>,
+    kms: &mut Kms,
+    console: &mut dyn Console,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> Result<SignedTranscript, RunError> {
     preflight(script)?;
     let params = script.resolve_params(given)?;
     let started_at = rfc3339(now());
     let mut run = Run {
         script,
+        clock,
         params,
         kms,
         console,
@@ -284,7 +299,7 @@ impl Run<'_> {
         slot: usize,
         name: &str,
     ) -> Result<CustodianSession, Abort> {
-        let t = now();
+        let t = (self.clock)();
         let expired = match self.present.get(name) {
             Some(p) => p.session.idle_expired(p.last_activity, t),
             None => return Err(no(format!("{name} has not logged in"))),
@@ -305,15 +320,19 @@ impl Run<'_> {
                 name.to_owned(),
                 Present {
                     session,
-                    last_activity: now(),
+                    last_activity: (self.clock)(),
                 },
             );
+            let mut d = BTreeMap::new();
+            d.insert("reason".to_owned(), "idle timeout".to_owned());
+            self.record("authenticate", Some(name), StepOutcome::Done, d)
+                .await?;
         }
         let p = self
             .present
             .get_mut(name)
             .ok_or_else(|| no(format!("{name} has not logged in")))?;
-        p.last_activity = now();
+        p.last_activity = (self.clock)();
         Ok(p.session.clone())
     }
 
@@ -422,7 +441,7 @@ impl Run<'_> {
                 name.clone(),
                 Present {
                     session,
-                    last_activity: now(),
+                    last_activity: (self.clock)(),
                 },
             );
             names.push(name);

@@ -202,13 +202,17 @@ fn km2_cli_backup_kek_shares_backup_new_token_recover_and_restore() {
     let seq_of = |action: &str, outcome: &str| {
         records
             .iter()
-            .find(|r| r["event"]["action"] == action && r["event"]["outcome"] == outcome)
+            .find(|r| r["action"] == action && r["outcome"] == outcome)
             .map(|r| r["seq"].as_u64().unwrap())
             .unwrap_or_else(|| panic!("no {action} {outcome}"))
     };
     let window = seq_of("backup.file", "success")..seq_of("backup.kek-recover", "success");
     let v = cli.run(&["audit", "verify"]);
-    for line in v.stdout.lines().filter(|l| l.trim_start().starts_with("record")) {
+    for line in v
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("record"))
+    {
         let seq: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(
             line.contains("BadSignature") || window.contains(&seq),

@@ -281,7 +281,7 @@ fn km2_cli_kms_serve_on_a_sealed_deployment_starts_sealed() {
     let pki = cli.dir().join("var/pki");
     cli.ok(&["dev-pki", "--dir", pki.to_str().unwrap()]);
     let (admin, prov) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kms"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kms"))
         .arg("--config")
         .arg(&cli.config)
         .arg("serve")

@@ -130,3 +130,58 @@ async fn auth_pin_weak_a_weak_new_pin_aborts_the_ceremony_and_changes_nothing() 
         .current()
         .is_some());
 }
+
+#[tokio::test]
+async fn tsm_ac_5_a_custodian_idle_past_their_timeout_types_the_pin_again() {
+    let mut room = Room::new().await;
+    room.kms
+        .import(
+            "acme",
+            "old-kek",
+            Algorithm::Aes128,
+            KeyUsage::Kek,
+            false,
+            &Split::new(52).key,
+        )
+        .await;
+    room.kms
+        .svc()
+        .transition(
+            &kms_e2e::fixture::actor("operator"),
+            &kms_e2e::fixture::tenant("acme"),
+            &kms_e2e::fixture::name("old-kek"),
+            Some(1),
+            kms::model::Transition::Deactivate,
+            Some("retired"),
+        )
+        .await
+        .expect("deactivate");
+    let answers = room.answers(&[("officer", &["so1"]), ("approver", &["bob"])], &[], &[]);
+    // Every look at the clock is 10 minutes later: by the time so1
+    // requests, the default 15-minute idle timeout has passed.
+    let start = time::OffsetDateTime::now_utc();
+    let ticks = std::sync::atomic::AtomicI64::new(0);
+    let clock = move || {
+        start
+            + time::Duration::minutes(10 * ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    };
+    let (signed, shown) = room
+        .run_with_clock("key-destroy", &PARAMS, &answers, &clock)
+        .await;
+    assert_eq!(
+        signed.transcript.outcome,
+        StepOutcome::Done,
+        "{:?}",
+        signed.transcript.abort_reason
+    );
+    assert!(shown
+        .join("\n")
+        .contains("so1 has been idle longer than their idle timeout"));
+    let again = signed
+        .transcript
+        .steps
+        .iter()
+        .filter(|s| s.details.get("reason").map(String::as_str) == Some("idle timeout"))
+        .count();
+    assert!(again >= 1, "the re-login is in the transcript");
+}

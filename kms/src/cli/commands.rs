@@ -356,9 +356,7 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             usage,
             exportable,
             trusted,
-            components,
             kcv,
-            stdin,
         } => {
             let req = create_request(id, alg, usage, *exportable, true, *trusted)?;
             let expected_kcv = Kcv::parse_hex(kcv).context("--kcv")?;
@@ -375,7 +373,6 @@ async fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             }
             // Issue 5: an import is a quorum operation; the components are
             // entered when the approved request runs.
-            let _ = (components, stdin);
             let op = Operation::ImportKey {
                 tenant: id.tenant.clone(),
                 key: id.name.clone(),

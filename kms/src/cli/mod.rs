@@ -235,7 +235,10 @@ pub enum KeyCommand {
         #[arg(long)]
         trusted: bool,
     },
-    /// Build a key from 2 or 3 XOR components typed by custodians (hidden input).
+    /// Request a key built from 2 or 3 XOR components (a quorum operation,
+    /// issue 5): once approved, the requester runs `kms request execute`
+    /// and each custodian types their component there (hidden input, or
+    /// `--stdin`); the combined key's check value must equal `--kcv`.
     Import {
         #[command(flatten)]
         id: KeyId,
@@ -247,16 +250,9 @@ pub enum KeyCommand {
         exportable: bool,
         #[arg(long)]
         trusted: bool,
-        /// Number of components (2 or 3).
-        #[arg(long, default_value_t = 2)]
-        components: usize,
         /// Check value of the whole key, from the sender.
         #[arg(long)]
         kcv: String,
-        /// Read components (and optional ",KCV") one per line from standard
-        /// input instead of prompting: for automation and tests.
-        #[arg(long)]
-        stdin: bool,
     },
     /// List keys.
     List {
@@ -360,10 +356,12 @@ pub enum RequestCommand {
     /// security officer's login; one entered by components asks for them.
     Execute {
         id: String,
-        /// Number of components (2 or 3), for a trusted KEK entered by components.
+        /// Number of components (2 or 3), for a key entered by components.
         #[arg(long, default_value_t = 2)]
         components: usize,
-        /// Read components from standard input (see `key import --stdin`).
+        /// Read components (and optional ",KCV") one per line from standard
+        /// input, after the PINs, instead of prompting: for automation and
+        /// tests.
         #[arg(long)]
         stdin: bool,
         /// Read the executor's PIN from standard input (one line) and, for

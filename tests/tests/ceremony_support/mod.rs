@@ -173,6 +173,18 @@ impl Room {
         params: &[(&str, &str)],
         answers: &Path,
     ) -> (SignedTranscript, Vec<String>) {
+        self.run_with_clock(name, params, answers, &time::OffsetDateTime::now_utc)
+            .await
+    }
+
+    /// As `run`, with the clock that decides idle timeouts.
+    pub async fn run_with_clock(
+        &mut self,
+        name: &str,
+        params: &[(&str, &str)],
+        answers: &Path,
+        clock: &(dyn Fn() -> time::OffsetDateTime + Sync),
+    ) -> (SignedTranscript, Vec<String>) {
         let script = ceremony::script::find(Path::new(SCRIPTS), name).expect("script");
         let given: BTreeMap<String, String> = params
             .iter()
@@ -183,7 +195,7 @@ impl Room {
         // One login per process: the fixture's service steps aside.
         self.kms.close();
         let mut kms = Kms::open(self.access()).await.expect("open the KMS");
-        let signed = ceremony::run(&script, &given, &mut kms, &mut console)
+        let signed = ceremony::run_with_clock(&script, &given, &mut kms, &mut console, clock)
             .await
             .unwrap_or_else(|e| panic!("ceremony {name}: {e}"));
         kms.close().await.expect("close");
