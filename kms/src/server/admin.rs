@@ -9,6 +9,8 @@
 //! unmapped certificate, a role that may not read the trail, a malformed
 //! query) are recorded as `refused`.
 
+mod requests;
+
 use super::conn::Peer;
 use super::metrics::Gauges;
 use super::problem::{Code, Problem};
@@ -22,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,6 +66,9 @@ pub(crate) fn router(ctx: Arc<Context>, listener: Listener) -> Router {
         .route("/v1/audit/public-key", get(public_key))
         .route("/v1/audit/report", get(report))
         .route("/v1/seal", get(seal_status))
+        .route("/v1/requests", get(requests::list))
+        .route("/v1/requests/{id}", get(requests::show))
+        .route("/v1/requests/{id}/approvals", post(requests::approve))
         .route("/metrics", get(metrics));
     common(routes, AppState { ctx, listener })
 }

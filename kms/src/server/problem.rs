@@ -57,6 +57,12 @@ pub enum Code {
     /// The KMS is sealed: custodians must present their unseal shares
     /// before anything is served (issue 5, KM-2).
     Sealed,
+    /// A person's login was refused: wrong PIN, locked, outside their
+    /// window, initial PIN not changed (issue 5, AUTH-PIN-LOCK, TSM-AC-5).
+    Unauthenticated,
+    /// Dual control said no (own request, already approved, expired, digest
+    /// of another operation, signature or certificate wrong, role).
+    Refused,
 }
 
 impl Code {
@@ -86,11 +92,13 @@ impl Code {
             Code::RateLimited => "rate-limited",
             Code::Overloaded => "overloaded",
             Code::Sealed => "sealed",
+            Code::Unauthenticated => "unauthenticated",
+            Code::Refused => "refused",
         }
     }
 
     /// Every code, for the OpenAPI document and its tests.
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 26] = [
         Code::UnknownCertificate,
         Code::Forbidden,
         Code::InvalidQuery,
@@ -115,6 +123,8 @@ impl Code {
         Code::RateLimited,
         Code::Overloaded,
         Code::Sealed,
+        Code::Unauthenticated,
+        Code::Refused,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -130,6 +140,8 @@ impl Code {
             Code::CardCryptogram => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Overloaded | Code::Sealed => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::Refused => StatusCode::CONFLICT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -166,6 +178,8 @@ impl Code {
             Code::RateLimited => "Too many requests from this principal",
             Code::Overloaded => "The KMS is at capacity",
             Code::Sealed => "The KMS is sealed until custodians present their unseal shares",
+            Code::Unauthenticated => "The person's login was refused",
+            Code::Refused => "Dual control refused this act",
         }
     }
 }
