@@ -472,7 +472,10 @@ fn cli_key_lifecycle_and_exit_codes() {
     );
     let attrs = cli.json(&["key", "attributes", "-t", "issuer-a", "kmc"]);
     assert_eq!(attrs[0]["sensitive"], true);
-    assert_eq!(attrs[0]["extractable"], false);
+    // Backed up (KM-2): extractable by a trusted KEK only, yet the export
+    // above was refused.
+    assert_eq!(attrs[0]["extractable"], true);
+    assert_eq!(attrs[0]["wrap_with_trusted"], true);
     cli.ok(&["status"]);
 }
 

@@ -43,6 +43,23 @@ impl Person {
         }
     }
 
+    /// A person whose client certificate comes from elsewhere (a test
+    /// CA's, so that they can also call the admin API over mTLS).
+    pub fn with_cert(
+        name: &str,
+        role: CustodianRole,
+        key_pem: &str,
+        cert_der: &[u8],
+        cert_pem: &str,
+    ) -> Person {
+        Person {
+            key_pem: key_pem.to_owned(),
+            cert_der: cert_der.to_vec(),
+            cert_pem: cert_pem.to_owned(),
+            ..Person::new(name, role)
+        }
+    }
+
     pub fn cert_sha256(&self) -> String {
         cert_sha256(&self.cert_der)
     }
@@ -138,7 +155,8 @@ pub async fn found(svc: &KeyService, group: &[(&str, CustodianRole)]) -> Vec<Per
     people
 }
 
-async fn found_these(svc: &KeyService, people: &[Person]) {
+/// [`found`] for people already made.
+pub async fn found_these(svc: &KeyService, people: &[Person]) {
     let Some((first, rest)) = people.split_first() else {
         return;
     };

@@ -231,8 +231,21 @@ async fn km2_km3_key_destroy_ceremony_destroys_the_version_under_dual_control() 
 async fn tsm_ac_2_every_shipped_script_loads_and_names_its_requirements() {
     let all = ceremony::script::load_dir(std::path::Path::new(ceremony_support::SCRIPTS))
         .expect("scripts load");
-    for n in ["key-import", "kek-trust", "key-export", "key-destroy"] {
-        let s = all.get(n).unwrap_or_else(|| panic!("{n} shipped"));
+    for n in [
+        "initialization",
+        "unseal",
+        "rotate-shares",
+        "rekey-seal",
+        "key-import",
+        "kek-trust",
+        "key-export",
+        "key-destroy",
+        "backup-kek",
+        "backup",
+    ] {
+        assert!(all.contains_key(n), "{n} shipped");
+    }
+    for (n, s) in &all {
         assert!(!s.requirements.is_empty(), "{n} cites requirement ids");
         ceremony::preflight(s).unwrap_or_else(|e| panic!("{n}: {e}"));
     }

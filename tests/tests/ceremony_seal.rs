@@ -215,3 +215,49 @@ async fn km2_a_ceremony_on_a_sealed_kms_unseals_first_and_returns_from_the_so_lo
         .ok());
     kms.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn km2_tsm_ac_3_rekey_draws_a_new_secret_and_token_pin_and_only_new_shares_open() {
+    let mut room = initialized().await;
+    let answers = room.answers(
+        &[
+            ("holders", &["bob", "carol"]),
+            ("officer", &["so1"]),
+            ("custodians", &["alice", "bob", "carol"]),
+        ],
+        &[],
+        &[],
+    );
+    for p in ["alice", "bob", "carol"] {
+        room.add_answers(
+            &answers,
+            p,
+            &format!("share = \"file:{p}.share\"\nshare_out = \"{p}.share3\""),
+        );
+    }
+    let (signed, _) = room.run("rekey-seal", &[("m", "2")], &answers).await;
+    assert_eq!(
+        signed.transcript.outcome,
+        StepOutcome::Done,
+        "{:?}",
+        signed.transcript.abort_reason
+    );
+    let old = room
+        .open_with_shares(&[("alice", "alice.share"), ("carol", "carol.share")])
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(old.contains("old or foreign share"), "{old}");
+    let kms = room
+        .open_with_shares(&[("alice", "alice.share3"), ("bob", "bob.share3")])
+        .await
+        .expect("new shares unseal: the token PIN is the new secret's");
+    assert!(kms
+        .svc()
+        .expect("svc")
+        .verify_transcript(&actor("auditor"), &signed)
+        .await
+        .expect("verify")
+        .ok());
+    kms.close().await.expect("close");
+}
