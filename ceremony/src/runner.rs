@@ -550,7 +550,7 @@ impl Run<'_> {
             )
             .await?;
             self.console.say(&format!(
-                "{name} approved ({} of {} approvals).",
+                "{name} approved ({} approvals; the policy needs {}).",
                 after.approvers.len(),
                 after.approvals_needed
             ));
@@ -594,6 +594,12 @@ impl Run<'_> {
                 "" => None,
                 k => Some(Kcv::parse_hex(k).map_err(|e| no(format!("check value: {e}")))?),
             };
+            // Read aloud in the method of the form, so that the value the
+            // custodian hears is the value printed in front of them.
+            let method = form
+                .as_ref()
+                .and_then(|f| same_method(alg, f, |m| component.kcv(m).ok()))
+                .unwrap_or(method);
             let kcv = component
                 .kcv(method)
                 .map_err(|e| no(format!("check value: {e}")))?;
@@ -663,6 +669,8 @@ impl Run<'_> {
         let method = KcvMethod::preferred(alg.family())
             .ok_or_else(|| no(format!("{alg} keys are not entered as components")))?;
         let key = combine(&self.components, alg)?;
+        // Shown in the sender's method, so both lines can be compared.
+        let method = same_method(alg, expected, |m| key.kcv(m).ok()).unwrap_or(method);
         let kcv = key
             .kcv(method)
             .map_err(|e| no(format!("check value: {e}")))?;
@@ -1126,4 +1134,23 @@ impl Run<'_> {
         ));
         Ok(signed)
     }
+}
+
+/// The check-value method in which `value` is written (3 bytes: the token's
+/// zero-block method; 5 bytes: AES-CMAC, X9.24-1:2017; GlobalPlatform's),
+/// found by computing each method of the key's family.
+fn same_method(
+    alg: Algorithm,
+    value: &Kcv,
+    compute: impl Fn(KcvMethod) -> Option<Kcv>,
+) -> Option<KcvMethod> {
+    let methods: &[KcvMethod] = match alg.family() {
+        kms::model::KeyFamily::Aes => &[KcvMethod::AesEcb, KcvMethod::AesCmac, KcvMethod::AesGp],
+        kms::model::KeyFamily::Tdes => &[KcvMethod::Tdes],
+        _ => &[],
+    };
+    methods
+        .iter()
+        .copied()
+        .find(|m| compute(*m).is_some_and(|k| k == *value))
 }

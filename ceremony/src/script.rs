@@ -72,6 +72,10 @@ pub enum OperationKind {
     /// Create a trusted KEK from components (tenant, key, algorithm,
     /// usage, kcv) under the security officer's login.
     TrustedKek,
+    /// Generate a key as one XOR component per person of the request
+    /// step's `holders` role (tenant, key, algorithm, usage; exportable
+    /// optional), for a partner with no shared KEK (KM-2).
+    ExportComponents,
 }
 
 /// What a `shares-out` step does to the seal.
@@ -102,6 +106,10 @@ pub enum Step {
     Request {
         role: String,
         operation: OperationKind,
+        /// For `export-components`: the role whose people each receive
+        /// one component, in order.
+        #[serde(default)]
+        holders: Option<String>,
         #[serde(default)]
         text: Option<String>,
     },
@@ -123,7 +131,9 @@ pub enum Step {
         text: Option<String>,
     },
     /// The combined components' check value is shown next to the sender's
-    /// (parameter `kcv`) and confirmed; a difference aborts.
+    /// (parameter `kcv`) and confirmed; a difference aborts. After a key
+    /// was generated as components, the whole key's check value is shown
+    /// for the partner's form instead.
     ConfirmKcv {
         #[serde(default)]
         text: Option<String>,
@@ -173,6 +183,15 @@ pub enum Step {
         #[serde(default)]
         text: Option<String>,
     },
+    /// After an executed `export-components` request: each person of
+    /// `role` (the request's holders), in turn and alone at the screen,
+    /// receives their own component, shown once, and confirms its check
+    /// value; the screen is cleared before the next.
+    ComponentsOut {
+        role: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
     /// End the founding period: from now on every enrolment is dual
     /// controlled.
     CloseFounding {
@@ -196,6 +215,7 @@ impl Step {
             Step::SharesIn { .. } => "shares-in",
             Step::Backup { .. } => "backup",
             Step::BackupKek { .. } => "backup-kek",
+            Step::ComponentsOut { .. } => "components-out",
             Step::CloseFounding { .. } => "close-founding",
         }
     }
@@ -212,6 +232,7 @@ impl Step {
             | Step::SharesIn { role, .. }
             | Step::Backup { role, .. }
             | Step::BackupKek { role, .. }
+            | Step::ComponentsOut { role, .. }
             | Step::CloseFounding { role, .. } => Some(role),
         }
     }
@@ -229,6 +250,7 @@ impl Step {
             | Step::SharesIn { text, .. }
             | Step::Backup { text, .. }
             | Step::BackupKek { text, .. }
+            | Step::ComponentsOut { text, .. }
             | Step::CloseFounding { text, .. } => text.as_deref(),
         }
     }
@@ -251,6 +273,7 @@ fn operation_params(op: OperationKind) -> &'static [&'static str] {
         OperationKind::TrustedKek | OperationKind::ImportKey => {
             &["tenant", "key", "algorithm", "usage", "kcv"]
         }
+        OperationKind::ExportComponents => &["tenant", "key", "algorithm", "usage"],
     }
 }
 
@@ -306,6 +329,10 @@ impl Script {
         }
         let mut authenticated = std::collections::BTreeSet::new();
         let mut requested = false;
+        // The role receiving generated components, once requested; and
+        // whether an execute step followed.
+        let mut holders_role: Option<&str> = None;
+        let mut executed = false;
         for (i, step) in self.steps.iter().enumerate() {
             let at = format!("step {} ({})", i + 1, step.kind());
             if let Some(role) = step.role() {
@@ -332,7 +359,9 @@ impl Script {
                 }
             }
             match step {
-                Step::Request { operation, .. } => {
+                Step::Request {
+                    operation, holders, ..
+                } => {
                     for p in operation_params(*operation) {
                         if !self.parameters.contains_key(*p) {
                             return Err(format!(
@@ -340,13 +369,50 @@ impl Script {
                             ));
                         }
                     }
+                    match (operation, holders) {
+                        (OperationKind::ExportComponents, Some(h)) => {
+                            if !authenticated.contains(h.as_str()) {
+                                return Err(format!(
+                                    "{at}: holders = {h:?} must be a declared role that authenticated before"
+                                ));
+                            }
+                            let count = self.roles.get(h).map(|r| r.count).unwrap_or(0);
+                            if !(2..=3).contains(&count) {
+                                return Err(format!(
+                                    "{at}: holders role {h} has {count} people; a key is generated as 2 or 3 components"
+                                ));
+                            }
+                            holders_role = Some(h);
+                        }
+                        (OperationKind::ExportComponents, None) => {
+                            return Err(format!(
+                                "{at}: export-components names its holders (a role)"
+                            ));
+                        }
+                        (_, Some(_)) => {
+                            return Err(format!(
+                                "{at}: only export-components takes holders"
+                            ));
+                        }
+                        (_, None) => {}
+                    }
                     requested = true;
                 }
                 Step::Approve { .. } | Step::Execute { .. } if !requested => {
                     return Err(format!("{at}: no request step before it"));
                 }
-                Step::ConfirmKcv { .. } if !self.parameters.contains_key("kcv") => {
+                Step::Execute { .. } => executed = true,
+                Step::ConfirmKcv { .. }
+                    if holders_role.is_none() && !self.parameters.contains_key("kcv") =>
+                {
                     return Err(format!("{at}: needs parameter kcv"));
+                }
+                Step::ComponentsOut { role, .. } => {
+                    if holders_role != Some(role.as_str()) || !executed {
+                        return Err(format!(
+                            "{at}: hands out the components of an executed export-components request to its holders role"
+                        ));
+                    }
                 }
                 Step::Backup { .. } => {
                     for p in ["kek", "file"] {

@@ -762,6 +762,17 @@ async fn request(cli: &Cli, cmd: &RequestCommand) -> Result<()> {
                     "policy {} approved (request {}); it is adopted when the service next starts with it",
                     p.sha256, p.request
                 ),
+                Executed::Components(c) => format!(
+                    "{}/{} generated as components (check value {}), held by {}",
+                    c.key.tenant,
+                    c.key.name,
+                    c.kcv,
+                    c.components
+                        .iter()
+                        .map(|h| format!("{} ({})", h.custodian, h.kcv))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
             });
         }

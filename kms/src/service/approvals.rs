@@ -100,6 +100,19 @@ pub enum Operation {
     /// Issue 5: adopt the policy file whose text has this SHA-256 (upper-case
     /// hex) at the next start of the service.
     ChangePolicy { sha256: String },
+    /// Issue 5, KM-2: a new key born as one XOR component per named
+    /// custodian (2 or 3, distinct, enrolled custodians in good standing),
+    /// for a partner with no KEK shared yet. Executed only by
+    /// [`KeyService::execute_components`], which hands the components to
+    /// the ceremony console and nowhere else.
+    ExportComponents {
+        tenant: String,
+        key: String,
+        algorithm: String,
+        usage: String,
+        exportable: bool,
+        custodians: Vec<String>,
+    },
 }
 
 impl Operation {
@@ -115,6 +128,7 @@ impl Operation {
             }
             Operation::ImportKey { .. } => SensitiveAction::Import,
             Operation::ChangePolicy { .. } => SensitiveAction::Policy,
+            Operation::ExportComponents { .. } => SensitiveAction::Export,
         }
     }
 
@@ -245,6 +259,28 @@ impl Operation {
                     ));
                 }
             }
+            Operation::ExportComponents {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                custodians,
+                ..
+            } => {
+                Tenant::parse(tenant)?;
+                KeyName::parse(key)?;
+                let alg = algorithm.parse::<crate::model::Algorithm>()?;
+                let usage = usage.parse::<crate::model::KeyUsage>()?;
+                if crate::crypto::KcvMethod::preferred(alg.family()).is_none()
+                    || !alg.is_secret()
+                    || !usage.allows(alg)
+                {
+                    return Err(ServiceError::Invalid(format!(
+                        "a {usage} key cannot be {alg} generated as components (AES or TDES only)"
+                    )));
+                }
+                super::components_out::check_holders(custodians)?;
+            }
         }
         Ok(())
     }
@@ -260,6 +296,12 @@ impl Operation {
             self,
             Operation::TrustedKek { kcv: Some(_), .. } | Operation::ImportKey { .. }
         )
+    }
+
+    /// Whether executing hands key components out to custodians: only
+    /// [`KeyService::execute_components`] runs it.
+    pub fn hands_out_components(&self) -> bool {
+        matches!(self, Operation::ExportComponents { .. })
     }
 
     /// Whether executing needs the initial PIN of the person enrolled.
@@ -285,7 +327,8 @@ impl Operation {
             | Operation::Destroy { tenant, key, .. }
             | Operation::Compromise { tenant, key, .. }
             | Operation::TrustedKek { tenant, key, .. }
-            | Operation::ImportKey { tenant, key, .. } => Some((tenant, Some(key))),
+            | Operation::ImportKey { tenant, key, .. }
+            | Operation::ExportComponents { tenant, key, .. } => Some((tenant, Some(key))),
             Operation::ReleaseSd { tenant, .. } => Some((tenant, None)),
             Operation::EnrollCustodian { .. }
             | Operation::RemoveCustodian { .. }
@@ -322,6 +365,9 @@ pub enum Executed {
     Custodian(crate::store::CustodianRecord),
     /// A policy approved, to be adopted at the next start.
     Policy(PolicyApproved),
+    /// A key generated as components: its record and check values only;
+    /// the components went to their custodians alone.
+    Components(super::ComponentsIssued),
 }
 
 /// An executed `ChangePolicy`: the service adopts the policy with this
@@ -534,6 +580,29 @@ impl KeyService {
                     )));
                 }
             }
+            (Operation::ExportComponents { .. }, Some(_)) => {
+                return Err(ServiceError::Invalid(format!(
+                    "tenant {tenant} already has a key named {}",
+                    key.as_ref().map(KeyName::as_str).unwrap_or_default()
+                )))
+            }
+            (
+                Operation::ExportComponents {
+                    usage,
+                    exportable,
+                    custodians,
+                    ..
+                },
+                None,
+            ) => {
+                let usage = usage.parse::<crate::model::KeyUsage>()?;
+                if *exportable && !self.policy.may_export(usage) {
+                    return Err(ServiceError::Refused(format!(
+                        "policy does not allow exportable {usage} keys"
+                    )));
+                }
+                self.check_component_holders(custodians).await?;
+            }
             (_, None) => {
                 return Err(ServiceError::NotFound(format!(
                     "{tenant}/{}",
@@ -695,6 +764,7 @@ impl KeyService {
             Inputs {
                 components,
                 initial_pin: None,
+                hand_out: false,
             },
         )
         .await
@@ -716,9 +786,37 @@ impl KeyService {
             Inputs {
                 components: Vec::new(),
                 initial_pin: Some(initial_pin),
+                hand_out: false,
             },
         )
         .await
+    }
+
+    /// Run an approved `ExportComponents` request, once, as its requester:
+    /// the key is generated as components and imported, and the components
+    /// are handed back to the caller (the ceremony console, which shows
+    /// each to its custodian alone). They are in no record, row or
+    /// [`Executed`] value; the trail holds the check values.
+    pub async fn execute_components(
+        &self,
+        who: &CustodianSession,
+        id: &str,
+    ) -> Result<super::GeneratedComponents, ServiceError> {
+        let mut out = None;
+        self.execute_inputs_into(
+            who,
+            id,
+            Inputs {
+                components: Vec::new(),
+                initial_pin: None,
+                hand_out: true,
+            },
+            &mut out,
+        )
+        .await?;
+        out.ok_or_else(|| {
+            ServiceError::Internal("the request ran but handed out no components".into())
+        })
     }
 
     async fn execute_inputs(
@@ -726,6 +824,16 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
         inputs: Inputs,
+    ) -> Result<Executed, ServiceError> {
+        self.execute_inputs_into(who, id, inputs, &mut None).await
+    }
+
+    async fn execute_inputs_into(
+        &self,
+        who: &CustodianSession,
+        id: &str,
+        inputs: Inputs,
+        out: &mut Option<super::GeneratedComponents>,
     ) -> Result<Executed, ServiceError> {
         let actor = &who.actor();
         let mut act = Act::change(actor, "request.execute")
@@ -739,9 +847,10 @@ impl KeyService {
         }
         self.audited(
             act,
-            self.execute_now(who, id, inputs),
+            self.execute_now(who, id, inputs, out),
             |e: &Executed| match e {
                 Executed::Key(k) => mention(k),
+                Executed::Components(c) => mention(&c.key),
                 Executed::Released(_) | Executed::Custodian(_) | Executed::Policy(_) => Vec::new(),
                 Executed::Exported(x) => vec![
                     crate::audit::KeyMention {
@@ -767,13 +876,25 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
         inputs: Inputs,
+        out: &mut Option<super::GeneratedComponents>,
     ) -> Result<Executed, ServiceError> {
         let actor = &who.actor();
         let Inputs {
             components,
             initial_pin,
+            hand_out,
         } = inputs;
         let req = self.load_request(id).await?;
+        // KM-2: components exist only for the console that shows each to its
+        // custodian; any other execution path is refused before the request
+        // is used up.
+        if req.operation.hands_out_components() != hand_out {
+            return Err(ServiceError::Invalid(if hand_out {
+                "this request hands out no components".into()
+            } else {
+                "this request generates a key as custodians' components: it runs only in the key-export-components ceremony (kms-ceremony run key-export-components)".into()
+            }));
+        }
         if req.operation.needs_initial_pin() != initial_pin.is_some() {
             return Err(ServiceError::Invalid(if initial_pin.is_none() {
                 "this request needs the initial PIN of the person enrolled".into()
@@ -845,7 +966,7 @@ impl KeyService {
         }
         let why = format!("request {id} approved by {}", req.approvers.join(", "));
         let result = self
-            .run_operation(actor, id, req.operation, &why, components, pin_hash)
+            .run_operation(actor, id, req.operation, &why, components, pin_hash, out)
             .await;
         let status = if result.is_ok() { "executed" } else { "failed" };
         self.store
@@ -854,6 +975,7 @@ impl KeyService {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_operation(
         &self,
         actor: &Actor,
@@ -862,6 +984,7 @@ impl KeyService {
         why: &str,
         components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
         pin_hash: Option<crate::crypto::PinHash>,
+        out: &mut Option<super::GeneratedComponents>,
     ) -> Result<Executed, ServiceError> {
         match operation {
             Operation::Export {
@@ -1047,6 +1170,49 @@ impl KeyService {
                     sha256,
                     request: id.to_owned(),
                 }))
+            }
+            Operation::ExportComponents {
+                tenant,
+                key,
+                algorithm,
+                usage,
+                exportable,
+                custodians,
+            } => {
+                let holders = super::components_out::check_holders(&custodians)?;
+                // Standing again at execution: a holder locked or removed
+                // since the request must not receive a component.
+                self.check_component_holders(&custodians).await?;
+                let generated = self
+                    .generate_components_now(
+                        actor,
+                        super::CreateKey {
+                            tenant: Tenant::parse(&tenant)?,
+                            name: KeyName::parse(&key)?,
+                            algorithm: algorithm.parse()?,
+                            usage: usage.parse()?,
+                            exportable,
+                            activate: true,
+                            trusted: false,
+                        },
+                        &holders,
+                    )
+                    .await?;
+                self.store
+                    .record_event(
+                        &generated.key.key.id,
+                        Some(1),
+                        actor.as_str(),
+                        "generate-components",
+                        Some(&format!(
+                            "{why}; one component each for {}",
+                            custodians.join(", ")
+                        )),
+                    )
+                    .await?;
+                let issued = generated.issued();
+                *out = Some(generated);
+                Ok(Executed::Components(issued))
             }
         }
     }
@@ -1248,6 +1414,9 @@ pub fn check_approval_record(rec: &crate::audit::AuditRecord) -> ApprovalCheck {
 struct Inputs {
     components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
     initial_pin: Option<Pin>,
+    /// Called by `execute_components`, the only path that may generate
+    /// components.
+    hand_out: bool,
 }
 
 /// What the trail says about an operation: its kind and its key, or the
@@ -1297,6 +1466,19 @@ fn op_act(act: Act, op: &Operation) -> Act {
                 .detail("usage", usage.clone())
                 .detail("exportable", exportable.to_string())
                 .detail("expected_kcv", kcv.clone());
+        }
+        Operation::ExportComponents {
+            algorithm,
+            usage,
+            exportable,
+            custodians,
+            ..
+        } => {
+            act = act
+                .detail("algorithm", algorithm.clone())
+                .detail("usage", usage.clone())
+                .detail("exportable", exportable.to_string())
+                .detail("component_holders", custodians.join(","));
         }
         _ => {}
     }

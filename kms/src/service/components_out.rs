@@ -14,10 +14,56 @@
 //! (docs/threat-model.md).
 
 use super::keys::{CreateKey, ImportComponents, ImportedKey};
-use super::{Actor, KeyService, ServiceError};
+use super::{Actor, AuthRefusal, KeyService, ServiceError};
 use crate::crypto::{combine, Component, Kcv, KcvMethod};
-use crate::model::CustodianName;
+use crate::model::{CustodianName, CustodianRole};
+use crate::store::KeyRecord;
+use serde::Serialize;
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
+
+/// What may be shown, printed and recorded of a key generated as
+/// components: the key's record, its check value, and which custodian
+/// holds a component with which check value. Never a component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentsIssued {
+    pub key: KeyRecord,
+    /// The whole key's check value (the partner compares it).
+    pub kcv: String,
+    /// The method of every check value here (e.g. `aes-cmac`).
+    pub kcv_method: String,
+    pub components: Vec<ComponentHolder>,
+}
+
+/// One custodian's component, by its check value.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentHolder {
+    pub custodian: String,
+    pub kcv: String,
+}
+
+/// The named holders of an `ExportComponents` request: 2 or 3 valid,
+/// distinct names (split knowledge: two components in one person's hands
+/// would let them rebuild more than their share).
+pub(crate) fn check_holders(names: &[String]) -> Result<Vec<CustodianName>, ServiceError> {
+    if !(2..=3).contains(&names.len()) {
+        return Err(ServiceError::Invalid(format!(
+            "a key is generated as 2 or 3 components, one per custodian; {} named",
+            names.len()
+        )));
+    }
+    let mut out: Vec<CustodianName> = Vec::with_capacity(names.len());
+    for n in names {
+        let name = CustodianName::parse(n)?;
+        if out.contains(&name) {
+            return Err(ServiceError::Invalid(format!(
+                "{name} is named twice: each component goes to a different custodian"
+            )));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
 
 /// One custodian's part of a generated key: shown to them once.
 #[derive(Debug)]
@@ -37,7 +83,63 @@ pub struct GeneratedComponents {
     pub components: Vec<IssuedComponent>,
 }
 
+impl GeneratedComponents {
+    /// The public part: check values and holders.
+    pub fn issued(&self) -> ComponentsIssued {
+        ComponentsIssued {
+            key: self.key.key.clone(),
+            kcv: self.kcv.to_string(),
+            kcv_method: self
+                .kcv_method()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+            components: self
+                .components
+                .iter()
+                .map(|c| ComponentHolder {
+                    custodian: c.custodian.to_string(),
+                    kcv: c.kcv.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn kcv_method(&self) -> Option<KcvMethod> {
+        KcvMethod::preferred(self.key.key.algorithm.family())
+    }
+}
+
 impl KeyService {
+    /// Refuse holders who are not enrolled custodians in good standing
+    /// now (not removed, not locked, initial PIN changed): a component
+    /// handed to anyone else would be a key part outside the custodians'
+    /// duties and records.
+    pub(crate) async fn check_component_holders(
+        &self,
+        names: &[String],
+    ) -> Result<(), ServiceError> {
+        for name in check_holders(names)? {
+            let rec = self
+                .store
+                .custodian(name.as_str())
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::Auth(AuthRefusal::NotEnrolled {
+                        name: name.to_string(),
+                    })
+                })?;
+            super::custodians::check_standing(&rec, OffsetDateTime::now_utc())?;
+            if rec.role != CustodianRole::Custodian {
+                return Err(ServiceError::Auth(AuthRefusal::Role {
+                    name: name.to_string(),
+                    role: rec.role.to_string(),
+                    needed: CustodianRole::Custodian.to_string(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
     /// Generate `key` as one XOR component per custodian (2 or 3, distinct
     /// people), import it, and hand the components back for display. Runs
     /// only from an approved export request (`Operation::ExportComponents`).

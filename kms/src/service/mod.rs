@@ -33,7 +33,7 @@ pub(crate) use cardkeys::issuer_key_names;
 pub use cardkeys::{
     EmvCardKeys, EmvCardKeysRequest, SdBindingState, SdDiversification, SdRef, WrappedKey,
 };
-pub use components_out::{GeneratedComponents, IssuedComponent};
+pub use components_out::{ComponentHolder, ComponentsIssued, GeneratedComponents, IssuedComponent};
 pub use custodians::{
     CustodianSession, CustodianSettings, Enrolment, DEFAULT_IDLE_TIMEOUT_SECONDS,
     IDLE_TIMEOUT_RANGE,
