@@ -67,7 +67,8 @@ pub trait Console {
     fn ask_secret(&mut self, q: &Question) -> Result<Zeroizing<String>, ConsoleError>;
     /// A yes/no question; anything but yes is no.
     fn confirm(&mut self, q: &Question) -> Result<bool, ConsoleError>;
-    /// Give one person a secret meant only for them (a share): shown once,
+    /// Give one person a secret meant only for them (a share, or a
+    /// generated component when `q.field` is `Component`): shown once,
     /// then gone from the screen.
     fn hand_over(&mut self, q: &Question, secret: &Zeroizing<String>) -> Result<(), ConsoleError>;
 }
@@ -193,6 +194,9 @@ pub struct PersonAnswers {
     pub share: Option<String>,
     /// Where a share handed to them is written (a file path; created 0600).
     pub share_out: Option<String>,
+    /// Where a component generated for them is written (a file path;
+    /// created 0600, must not exist).
+    pub component_out: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,10 +390,11 @@ impl Console for ScriptedConsole {
     }
 
     fn hand_over(&mut self, q: &Question, secret: &Zeroizing<String>) -> Result<(), ConsoleError> {
-        let out = resolve(
-            &self.answers.base,
-            self.field(q, |p| &p.share_out, "share_out")?,
-        );
+        let target = match q.field {
+            Field::Component => self.field(q, |p| &p.component_out, "component_out")?,
+            _ => self.field(q, |p| &p.share_out, "share_out")?,
+        };
+        let out = resolve(&self.answers.base, target);
         write_private(&out, secret).map_err(|e| {
             ConsoleError::Unanswered(format!("step {}: {}: {e}", q.step, out.display()))
         })?;

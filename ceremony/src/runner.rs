@@ -19,7 +19,10 @@ use kms::model::{Algorithm, CustodianRole, Pin};
 use kms::service::ceremony::{
     Participant, SignedTranscript, StepOutcome, Transcript, TranscriptStep, TRANSCRIPT_FORMAT,
 };
-use kms::service::{Actor, ApprovalRequest, CustodianSession, Executed, Operation, ServiceError};
+use kms::service::{
+    Actor, ApprovalRequest, ComponentsIssued, CustodianSession, Executed, GeneratedComponents,
+    Operation, ServiceError,
+};
 use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -92,6 +95,11 @@ struct Run<'a> {
     component_kcvs: Vec<Option<Kcv>>,
     /// Unseal shares presented (zeroized when dropped).
     shares: Vec<Share>,
+    /// Components of a key generated for export, until each is handed to
+    /// its custodian (zeroized when dropped), and what may be shown of
+    /// them.
+    generated: Option<GeneratedComponents>,
+    issued: Option<ComponentsIssued>,
     /// Steps taken while the KMS was sealed (no token, so the service could
     /// not record them; the unsealer recorded each presentation): written
     /// to the trail once it opens.
@@ -167,6 +175,8 @@ pub async fn run_with_clock(
         components: Vec::new(),
         component_kcvs: Vec::new(),
         shares: Vec::new(),
+        generated: None,
+        issued: None,
         unrecorded: Vec::new(),
         step_no: 0,
     };
@@ -360,8 +370,11 @@ impl Run<'_> {
             }
             Step::Authenticate { role, .. } => self.authenticate(role).await,
             Step::Request {
-                role, operation, ..
-            } => self.request(role, *operation).await,
+                role,
+                operation,
+                holders,
+                ..
+            } => self.request(role, *operation, holders.as_deref()).await,
             Step::Approve { role, .. } => self.approve(role).await,
             Step::Component { role, person, .. } => self.component(role, *person).await,
             Step::ConfirmKcv { .. } => self.confirm_kcv().await,
@@ -376,6 +389,7 @@ impl Run<'_> {
                 ..
             } => self.backup_kek(role, by, approvers).await,
             Step::SharesOut { role, by, seal, .. } => self.shares_out(role, by, *seal).await,
+            Step::ComponentsOut { role, .. } => self.components_out(role).await,
         }
     }
 
@@ -450,7 +464,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn operation(&self, kind: OperationKind) -> Result<Operation, Abort> {
+    fn operation(&self, kind: OperationKind, holders: Option<&str>) -> Result<Operation, Abort> {
         let opt = |k: &str| self.params.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(match kind {
             OperationKind::Export => Operation::Export {
@@ -487,11 +501,24 @@ impl Run<'_> {
                 usage: self.param("usage")?.to_owned(),
                 kcv: opt("kcv"),
             },
+            OperationKind::ExportComponents => Operation::ExportComponents {
+                tenant: self.param("tenant")?.to_owned(),
+                key: self.param("key")?.to_owned(),
+                algorithm: self.param("algorithm")?.to_owned(),
+                usage: self.param("usage")?.to_owned(),
+                exportable: self.params.get("exportable").is_some_and(|v| v == "true"),
+                custodians: self.names(holders.ok_or_else(|| no("export-components names no holders"))?)?,
+            },
         })
     }
 
-    async fn request(&mut self, role: &str, kind: OperationKind) -> Result<(), Abort> {
-        let op = self.operation(kind)?;
+    async fn request(
+        &mut self,
+        role: &str,
+        kind: OperationKind,
+        holders: Option<&str>,
+    ) -> Result<(), Abort> {
+        let op = self.operation(kind, holders)?;
         let names = self.names(role)?;
         let name = names.first().ok_or_else(|| no("nobody to request"))?;
         let who = self.active(role, 0, name).await?;
@@ -679,6 +706,9 @@ impl Run<'_> {
     }
 
     async fn confirm_kcv(&mut self) -> Result<(), Abort> {
+        if let Some(issued) = self.issued.clone() {
+            return self.confirm_generated_kcv(&issued).await;
+        }
         let alg = self.algorithm()?;
         let expected =
             Kcv::parse_hex(self.param("kcv")?).map_err(|e| no(format!("parameter kcv: {e}")))?;
@@ -717,6 +747,9 @@ impl Run<'_> {
         let who = self.active(role, 0, &name).await?;
         if req.operation.needs_components() {
             self.check_split_knowledge()?;
+        }
+        if req.operation.hands_out_components() {
+            return self.execute_generation(role, &name, &who, &req).await;
         }
         let components = self.take_components();
         let result = if req.operation.needs_security_officer() {
@@ -781,6 +814,163 @@ impl Run<'_> {
         }
         self.record("execute", Some(&name), StepOutcome::Done, d)
             .await
+    }
+
+    /// Execute an `export-components` request: the key is generated and
+    /// imported in the token; its components wait, in zeroizing buffers,
+    /// for the `components-out` step. Only check values are shown here.
+    async fn execute_generation(
+        &mut self,
+        role: &str,
+        name: &str,
+        who: &CustodianSession,
+        req: &ApprovalRequest,
+    ) -> Result<(), Abort> {
+        self.confirm(
+            role,
+            0,
+            Some(name),
+            format!(
+                "{name}: generate {} as components now (request {})?",
+                match &req.operation {
+                    Operation::ExportComponents { tenant, key, .. } => format!("{tenant}/{key}"),
+                    _ => "the key".to_owned(),
+                },
+                req.id
+            ),
+        )
+        .await?;
+        let generated = self.kms.svc()?.execute_components(who, &req.id).await?;
+        self.executed = true;
+        let issued = generated.issued();
+        self.generated = Some(generated);
+        let token_kcv = issued
+            .key
+            .current()
+            .and_then(|v| v.kcv.clone())
+            .unwrap_or_default();
+        self.console.say(&format!(
+            "Done: {}/{} generated in the token as {} components (check value {} {}, token {token_kcv}).
+Each holder receives their component next, alone at the screen: {}.",
+            issued.key.tenant,
+            issued.key.name,
+            issued.components.len(),
+            issued.kcv_method,
+            issued.kcv,
+            issued
+                .components
+                .iter()
+                .map(|c| c.custodian.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let mut d = BTreeMap::new();
+        d.insert("request".to_owned(), req.id.clone());
+        d.insert("digest".to_owned(), req.digest.clone());
+        d.insert(
+            "key".to_owned(),
+            format!("{}/{}", issued.key.tenant, issued.key.name),
+        );
+        d.insert("kcv".to_owned(), issued.kcv.clone());
+        d.insert("kcv_method".to_owned(), issued.kcv_method.clone());
+        d.insert("token_kcv".to_owned(), token_kcv);
+        d.insert(
+            "holders".to_owned(),
+            issued
+                .components
+                .iter()
+                .map(|c| c.custodian.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        self.issued = Some(issued);
+        self.record("execute", Some(name), StepOutcome::Done, d)
+            .await
+    }
+
+    /// Each holder, in the request's order, alone at the screen, receives
+    /// their own component once and confirms its check value. Each
+    /// component is dropped (zeroized) as soon as it was handed over.
+    async fn components_out(&mut self, role: &str) -> Result<(), Abort> {
+        let generated = self
+            .generated
+            .take()
+            .ok_or_else(|| no("no key was generated as components in this run"))?;
+        let names = self.names(role)?;
+        let method = self
+            .issued
+            .as_ref()
+            .map(|i| i.kcv_method.clone())
+            .unwrap_or_default();
+        let mut parts = generated.components.into_iter();
+        for (slot, name) in names.iter().enumerate() {
+            let part = parts
+                .next()
+                .ok_or_else(|| no(format!("no component for {name}")))?;
+            if part.custodian.as_str() != name {
+                return Err(no(format!(
+                    "the component in place {} is {}'s, not {name}'s",
+                    slot + 1,
+                    part.custodian
+                )));
+            }
+            self.active(role, slot, name).await?;
+            let kcv = part.kcv.to_string();
+            let mut q = self.question(role, slot, Some(name), Field::Component);
+            q.prompt = format!(
+                "Component {} of {} for {name} (check value {kcv}, {method}): nobody else looks.",
+                slot + 1,
+                names.len()
+            );
+            let text = part.component.reveal_hex();
+            drop(part);
+            self.console.hand_over(&q, &text)?;
+            drop(text);
+            self.confirm(
+                role,
+                slot,
+                Some(name),
+                format!("{name}: did you write down your component and its check value {kcv}?"),
+            )
+            .await?;
+            let mut d = BTreeMap::new();
+            d.insert("component".to_owned(), (slot + 1).to_string());
+            d.insert("component_kcv".to_owned(), kcv);
+            d.insert("kcv_method".to_owned(), method.clone());
+            self.record("component-received", Some(name), StepOutcome::Done, d)
+                .await?;
+        }
+        if parts.next().is_some() {
+            return Err(no("more components than holders present"));
+        }
+        Ok(())
+    }
+
+    /// The whole generated key's check value, for the partner's form.
+    async fn confirm_generated_kcv(&mut self, issued: &ComponentsIssued) -> Result<(), Abort> {
+        self.console.say(&format!(
+            "Whole key check value ({}): {}
+It goes to the partner separately from the components.",
+            issued.kcv_method, issued.kcv
+        ));
+        self.confirm(
+            "room",
+            0,
+            None,
+            format!(
+                "Do all present read {} on the partner's check value form?",
+                issued.kcv
+            ),
+        )
+        .await?;
+        let mut d = BTreeMap::new();
+        d.insert("kcv".to_owned(), issued.kcv.clone());
+        d.insert("kcv_method".to_owned(), issued.kcv_method.clone());
+        d.insert(
+            "key".to_owned(),
+            format!("{}/{}", issued.key.tenant, issued.key.name),
+        );
+        self.record("confirm-kcv", None, StepOutcome::Done, d).await
     }
 
     async fn close_founding(&mut self, role: &str) -> Result<(), Abort> {
@@ -1067,10 +1257,11 @@ impl Run<'_> {
         started_at: String,
         abort_reason: Option<String>,
     ) -> Result<SignedTranscript, RunError> {
-        // Nothing typed outlives the run.
+        // Nothing typed or generated outlives the run.
         self.components.clear();
         self.component_kcvs.clear();
         self.shares.clear();
+        let undelivered = self.generated.take().map(|g| g.components.len());
         if self.kms.is_sealed() {
             // No token login: the presentations are in the trail (the
             // unsealer records each), but nothing can sign a transcript.
@@ -1083,6 +1274,11 @@ impl Run<'_> {
             self.kms.user().await?;
         }
         let mut abort_reason = abort_reason;
+        if let (Some(reason), Some(n)) = (&mut abort_reason, undelivered) {
+            reason.push_str(&format!(
+                "; {n} generated components were never handed out and are gone: destroy the key, it cannot reach the partner"
+            ));
+        }
         if let (Some(reason), Some(req)) = (&mut abort_reason, &self.request) {
             if !self.executed {
                 reason.push_str(&format!(
