@@ -4,7 +4,7 @@
 #   scripts/run.sh
 #
 # 1. installs SoftHSM2 if missing            (softhsm-setup/install.sh)
-# 2. builds kms                              (cargo build --release -p kms)
+# 2. builds kms and kms-ceremony             (cargo build --release -p kms -p ceremony)
 # 3. creates the project-local token, once   (softhsm-setup/setup-token.sh,
 #    into var/softhsm, with random PINs in 0600 files)
 # 4. writes kms.toml if there is none (an existing one is never touched)
@@ -23,7 +23,7 @@ step "SoftHSM2"
 softhsm-setup/install.sh
 
 step "building kms (release)"
-cargo build --release -p kms
+cargo build --release -p kms -p ceremony
 kms=$repo/target/release/kms
 
 step "project-local SoftHSM2 token (var/softhsm)"
