@@ -153,7 +153,12 @@ async fn run(
         None => Box::new(TerminalConsole::new()),
     };
     let access = KmsAccess::from_config(&cfg)?;
-    let mut kms = Kms::open(access).await.context("opening the KMS")?;
+    let mut kms = if script.recovers_token() {
+        Kms::open_for_recovery(access).await
+    } else {
+        Kms::open(access).await
+    }
+    .context("opening the KMS")?;
     let result = ceremony::run(&script, &given, &mut kms, console.as_mut()).await;
     let closed = kms.close().await;
     let signed = result?;

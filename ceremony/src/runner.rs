@@ -20,8 +20,8 @@ use kms::service::ceremony::{
     Participant, SignedTranscript, StepOutcome, Transcript, TranscriptStep, TRANSCRIPT_FORMAT,
 };
 use kms::service::{
-    Actor, ApprovalRequest, ComponentsIssued, CustodianSession, Executed, GeneratedComponents,
-    Operation, ServiceError,
+    Actor, ApprovalRequest, BackupFile, ComponentsIssued, CustodianSession, Executed,
+    GeneratedComponents, Operation, ServiceError,
 };
 use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
@@ -100,6 +100,9 @@ struct Run<'a> {
     /// them.
     generated: Option<GeneratedComponents>,
     issued: Option<ComponentsIssued>,
+    /// The backup file of a recovery, once its KEK is back: the user's
+    /// login on the new token needs it (the audit MAC key is in it).
+    backup_file: Option<BackupFile>,
     /// Steps taken while the KMS was sealed (no token, so the service could
     /// not record them; the unsealer recorded each presentation): written
     /// to the trail once it opens.
@@ -177,6 +180,7 @@ pub async fn run_with_clock(
         shares: Vec::new(),
         generated: None,
         issued: None,
+        backup_file: None,
         unrecorded: Vec::new(),
         step_no: 0,
     };
@@ -390,6 +394,8 @@ impl Run<'_> {
             } => self.backup_kek(role, by, approvers).await,
             Step::SharesOut { role, by, seal, .. } => self.shares_out(role, by, *seal).await,
             Step::ComponentsOut { role, .. } => self.components_out(role).await,
+            Step::KekRecover { role, by, .. } => self.kek_recover(role, by).await,
+            Step::Restore { role, .. } => self.restore(role).await,
         }
     }
 
@@ -507,7 +513,8 @@ impl Run<'_> {
                 algorithm: self.param("algorithm")?.to_owned(),
                 usage: self.param("usage")?.to_owned(),
                 exportable: self.params.get("exportable").is_some_and(|v| v == "true"),
-                custodians: self.names(holders.ok_or_else(|| no("export-components names no holders"))?)?,
+                custodians: self
+                    .names(holders.ok_or_else(|| no("export-components names no holders"))?)?,
             },
         })
     }
@@ -973,6 +980,189 @@ It goes to the partner separately from the components.",
         self.record("confirm-kcv", None, StepOutcome::Done, d).await
     }
 
+    fn read_backup_file(&self) -> Result<(std::path::PathBuf, BackupFile), Abort> {
+        let path = std::path::PathBuf::from(self.param("file")?);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| no(format!("reading {}: {e}", path.display())))?;
+        Ok((path, BackupFile::from_json(&text)?))
+    }
+
+    /// M custodians' shares of the backup KEK, presented hidden; the KEK
+    /// re-imported trusted under the security officer's login and its check
+    /// value confirmed against the backup file's.
+    async fn kek_recover(&mut self, role: &str, by: &str) -> Result<(), Abort> {
+        let kek = kms::model::KeyName::parse(self.param("kek")?).map_err(ServiceError::from)?;
+        let (path, file) = self.read_backup_file()?;
+        if file.kek.name != kek.as_str() {
+            return Err(no(format!(
+                "{} was made under {}/{}, not kms/{kek}",
+                path.display(),
+                file.kek.tenant,
+                file.kek.name
+            )));
+        }
+        self.console.say(&format!(
+            "Backup file {} (digest {}): {} key versions wrapped under kms/{kek} v{}, check value {}.",
+            path.display(),
+            file.digest,
+            file.entries.len(),
+            file.kek.version,
+            file.kek.kcv
+        ));
+        let names = self.names(role)?;
+        let officer = self
+            .names(by)?
+            .first()
+            .cloned()
+            .ok_or_else(|| no(format!("nobody of role {by}")))?;
+        let mut shares = Vec::with_capacity(names.len());
+        for (slot, name) in names.iter().enumerate() {
+            self.active(role, slot, name).await?;
+            let mut q = self.question(role, slot, Some(name), Field::Share);
+            q.prompt = format!("{name}: type your share of the backup KEK kms/{kek} (hidden): ");
+            let text = self.console.ask_secret(&q)?;
+            let share =
+                Share::parse(text.trim()).map_err(|e| no(format!("{name}'s share: {e}")))?;
+            drop(text);
+            self.console
+                .say(&format!("Share {} of {name} taken.", share.index()));
+            let mut d = BTreeMap::new();
+            d.insert("share_index".to_owned(), share.index().to_string());
+            d.insert("share_check".to_owned(), share.check_value().to_string());
+            self.record("kek-share", Some(name), StepOutcome::Done, d)
+                .await?;
+            shares.push(share);
+        }
+        let who = self.active(by, 0, &officer).await?;
+        if self.kms.role() != Some(kms::hsm::Role::SecurityOfficer) {
+            self.console
+                .say("Switching to the security officer's login of the token.");
+            self.kms.security_officer().await?;
+        }
+        let rec = self
+            .kms
+            .svc()?
+            .recover_backup_kek(&who.actor(), &kek, shares, Some(&file.kek.kcv))
+            .await?;
+        let kcv = rec
+            .current()
+            .and_then(|v| v.kcv.clone())
+            .unwrap_or_default();
+        self.backup_file = Some(file.clone());
+        self.console.say(&format!(
+            "Backup KEK kms/{kek} is on this token again (trusted).
+  Token check value:       {kcv}
+  Backup file's KEK value: {}",
+            file.kek.kcv
+        ));
+        if !kcv.eq_ignore_ascii_case(&file.kek.kcv) {
+            return Err(no(format!(
+                "the recovered KEK's check value {kcv} differs from the backup file's {}",
+                file.kek.kcv
+            )));
+        }
+        self.confirm(
+            "room",
+            0,
+            None,
+            format!("Do all present read {kcv} on the backup record?"),
+        )
+        .await?;
+        let mut d = BTreeMap::new();
+        d.insert("kek".to_owned(), kek.to_string());
+        d.insert("kcv".to_owned(), kcv);
+        d.insert("expected_kcv".to_owned(), file.kek.kcv.clone());
+        d.insert("shares".to_owned(), names.len().to_string());
+        d.insert("backup_digest".to_owned(), file.digest.clone());
+        self.record("kek-recover", Some(&officer), StepOutcome::Done, d)
+            .await
+    }
+
+    /// The backup file restored under the user's login; each key version's
+    /// check value listed (each was reproduced by the token, or nothing was
+    /// restored) and confirmed.
+    async fn restore(&mut self, role: &str) -> Result<(), Abort> {
+        let file = match self.backup_file.clone() {
+            Some(f) => f,
+            None => self.read_backup_file()?.1,
+        };
+        let names = self.names(role)?;
+        let name = names
+            .first()
+            .ok_or_else(|| no("nobody to restore"))?
+            .clone();
+        let who = self.active(role, 0, &name).await?;
+        if self.kms.role() != Some(kms::hsm::Role::User) {
+            self.console.say(
+                "Switching to the user's login; the KMS's own keys lost with the old token are put back first.",
+            );
+            self.kms.user_on_new_token(&who.actor(), &file).await?;
+        }
+        let report = self.kms.svc()?.restore(&who.actor(), &file).await?;
+        let line = |m: &kms::audit::KeyMention| {
+            format!(
+                "{}/{} v{} check value {}",
+                m.tenant,
+                m.name,
+                m.version.unwrap_or(0),
+                m.kcv.as_deref().unwrap_or("-")
+            )
+        };
+        let mut text = format!("Backup {} restored:", file.digest);
+        for (what, list) in [
+            ("restored", &report.restored),
+            ("already on the token", &report.present),
+            (
+                "destroyed since the backup, not restored",
+                &report.destroyed_since,
+            ),
+        ] {
+            for m in list {
+                text.push_str(&format!(
+                    "
+  {what:<12} {}",
+                    line(m)
+                ));
+            }
+        }
+        self.console.say(&text);
+        self.confirm(
+            "room",
+            0,
+            None,
+            "Do these check values match the keys' records?".to_owned(),
+        )
+        .await?;
+        let mut d = BTreeMap::new();
+        d.insert("backup_digest".to_owned(), file.digest.clone());
+        d.insert("restored".to_owned(), report.restored.len().to_string());
+        d.insert("present".to_owned(), report.present.len().to_string());
+        d.insert(
+            "destroyed_since".to_owned(),
+            report.destroyed_since.len().to_string(),
+        );
+        d.insert(
+            "kcvs".to_owned(),
+            report
+                .restored
+                .iter()
+                .chain(&report.present)
+                .map(|m| {
+                    format!(
+                        "{}/{}/{}={}",
+                        m.tenant,
+                        m.name,
+                        m.version.unwrap_or(0),
+                        m.kcv.as_deref().unwrap_or("-")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        self.record("restore", Some(&name), StepOutcome::Done, d)
+            .await
+    }
+
     async fn close_founding(&mut self, role: &str) -> Result<(), Abort> {
         let names = self.names(role)?;
         let name = names
@@ -1271,7 +1461,20 @@ It goes to the partner separately from the components.",
             ))));
         }
         if self.kms.role() != Some(kms::hsm::Role::User) {
-            self.kms.user().await?;
+            match &self.backup_file {
+                // A replacement token: the user's login opens only once the
+                // KMS's own keys are back.
+                Some(file) => {
+                    let who = self
+                        .people
+                        .first()
+                        .map(|p| Actor::parse(&p.name))
+                        .transpose()?
+                        .unwrap_or(Actor::parse("ceremony")?);
+                    self.kms.user_on_new_token(&who, file).await?
+                }
+                None => self.kms.user().await?,
+            }
         }
         let mut abort_reason = abort_reason;
         if let (Some(reason), Some(n)) = (&mut abort_reason, undelivered) {

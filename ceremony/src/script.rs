@@ -192,6 +192,26 @@ pub enum Step {
         #[serde(default)]
         text: Option<String>,
     },
+    /// Recovery on a replacement token (KM-2): the backup file (parameter
+    /// `file`) names the backup KEK (parameter `kek`) and its check value;
+    /// each person of `role` presents their share of it (hidden); the
+    /// first person of `by` re-imports it under the security officer's
+    /// login; its check value is shown and confirmed against the file's.
+    KekRecover {
+        role: String,
+        by: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    /// The first person of `role` restores the backup file (parameter
+    /// `file`) under the user's login, after the KMS's own keys lost with
+    /// the old token are put back; each key's check value is listed and
+    /// confirmed.
+    Restore {
+        role: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
     /// End the founding period: from now on every enrolment is dual
     /// controlled.
     CloseFounding {
@@ -216,6 +236,8 @@ impl Step {
             Step::Backup { .. } => "backup",
             Step::BackupKek { .. } => "backup-kek",
             Step::ComponentsOut { .. } => "components-out",
+            Step::KekRecover { .. } => "kek-recover",
+            Step::Restore { .. } => "restore",
             Step::CloseFounding { .. } => "close-founding",
         }
     }
@@ -233,6 +255,8 @@ impl Step {
             | Step::Backup { role, .. }
             | Step::BackupKek { role, .. }
             | Step::ComponentsOut { role, .. }
+            | Step::KekRecover { role, .. }
+            | Step::Restore { role, .. }
             | Step::CloseFounding { role, .. } => Some(role),
         }
     }
@@ -251,6 +275,8 @@ impl Step {
             | Step::Backup { text, .. }
             | Step::BackupKek { text, .. }
             | Step::ComponentsOut { text, .. }
+            | Step::KekRecover { text, .. }
+            | Step::Restore { text, .. }
             | Step::CloseFounding { text, .. } => text.as_deref(),
         }
     }
@@ -390,9 +416,7 @@ impl Script {
                             ));
                         }
                         (_, Some(_)) => {
-                            return Err(format!(
-                                "{at}: only export-components takes holders"
-                            ));
+                            return Err(format!("{at}: only export-components takes holders"));
                         }
                         (_, None) => {}
                     }
@@ -407,12 +431,27 @@ impl Script {
                 {
                     return Err(format!("{at}: needs parameter kcv"));
                 }
-                Step::ComponentsOut { role, .. } => {
-                    if holders_role != Some(role.as_str()) || !executed {
+                Step::KekRecover { by, .. } => {
+                    if !self.roles.contains_key(by) || !authenticated.contains(by) {
                         return Err(format!(
-                            "{at}: hands out the components of an executed export-components request to its holders role"
+                            "{at}: by = {by:?} must be a declared role that authenticated before"
                         ));
                     }
+                    for p in ["kek", "file"] {
+                        if !self.parameters.contains_key(p) {
+                            return Err(format!("{at}: needs parameter {p}"));
+                        }
+                    }
+                }
+                Step::Restore { .. } if !self.parameters.contains_key("file") => {
+                    return Err(format!("{at}: needs parameter file"));
+                }
+                Step::ComponentsOut { role, .. }
+                    if holders_role != Some(role.as_str()) || !executed =>
+                {
+                    return Err(format!(
+                        "{at}: hands out the components of an executed export-components request to its holders role"
+                    ));
                 }
                 Step::Backup { .. } => {
                     for p in ["kek", "file"] {
@@ -459,6 +498,14 @@ impl Script {
             }
         }
         Ok(())
+    }
+
+    /// Whether the script recovers a replacement token: it then opens under
+    /// the security officer's login ([`crate::Kms::open_for_recovery`]).
+    pub fn recovers_token(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::KekRecover { .. }))
     }
 
     /// Parameter values: the given ones over the defaults; unknown or
@@ -640,6 +687,106 @@ role = "officer"
         let bad = format!("{MINIMAL}\n[[steps]]\nkind = \"approve\"\nrole = \"nobody\"\n");
         let e = parse(&bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("nobody"), "{e}");
+    }
+
+    const EXPORT: &str = r#"
+name = "demo"
+title = "Demo"
+purpose = "Testing"
+[parameters.tenant]
+help = "tenant"
+[parameters.key]
+help = "key"
+[parameters.algorithm]
+help = "algorithm"
+[parameters.usage]
+help = "usage"
+[roles.officer]
+enrolled = "security-officer"
+count = 1
+[roles.holders]
+enrolled = "custodian"
+count = 2
+[[steps]]
+kind = "authenticate"
+role = "officer"
+[[steps]]
+kind = "authenticate"
+role = "holders"
+[[steps]]
+kind = "request"
+role = "officer"
+operation = "export-components"
+holders = "holders"
+[[steps]]
+kind = "execute"
+role = "officer"
+[[steps]]
+kind = "components-out"
+role = "holders"
+[[steps]]
+kind = "confirm-kcv"
+"#;
+
+    #[test]
+    fn km2_export_components_names_its_holders_and_hands_out_only_after_execute() {
+        let s = parse(EXPORT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.recovers_token());
+        let e = parse(&EXPORT.replace("holders = \"holders\"\n", ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("holders"), "{e}");
+        let e = parse(&EXPORT.replace("[[steps]]\nkind = \"execute\"\nrole = \"officer\"\n", ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("components-out"), "{e}");
+        let e = parse(&EXPORT.replace("count = 2", "count = 4"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("2 or 3"), "{e}");
+    }
+
+    #[test]
+    fn km2_kek_recover_and_restore_need_the_backup_file() {
+        let recovery = r#"
+name = "demo"
+title = "Demo"
+purpose = "Testing"
+[parameters.kek]
+help = "kek"
+default = "backup-kek"
+[parameters.file]
+help = "file"
+[roles.officer]
+enrolled = "security-officer"
+count = 1
+[roles.custodians]
+enrolled = "custodian"
+count = 2
+[[steps]]
+kind = "authenticate"
+role = "officer"
+[[steps]]
+kind = "authenticate"
+role = "custodians"
+[[steps]]
+kind = "kek-recover"
+role = "custodians"
+by = "officer"
+[[steps]]
+kind = "restore"
+role = "officer"
+"#;
+        let s = parse(recovery).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.recovers_token());
+        let e = parse(&recovery.replace("[parameters.file]\nhelp = \"file\"\n", ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("file"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,9 @@ use kms::crypto::Share;
 use kms::hsm::{Hsm, HsmConfig, Role};
 use kms::policy::KeyPolicy;
 use kms::seal::{UnsealError, UnsealProgress, Unsealer};
-use kms::service::{CustodianSettings, KeyService, ServiceError};
+use kms::service::{
+    renew_lost_system_keys, Actor, BackupFile, CustodianSettings, KeyService, ServiceError,
+};
 use kms::store::Store;
 use std::sync::Arc;
 
@@ -66,6 +68,75 @@ fn unseal_error(e: UnsealError) -> ServiceError {
 }
 
 impl Kms {
+    /// For the recovery ceremony on a replacement token: open under the
+    /// security officer's login, since the user's login cannot open a
+    /// service before the KMS's own audit keys are back (which needs the
+    /// backup KEK the officer recovers first). A sealed deployment is
+    /// refused: its user PIN comes from the unseal shares, so it is
+    /// unsealed on the old database first (`kms-ceremony run unseal`) only
+    /// once a token exists; recover the token unsealed.
+    pub async fn open_for_recovery(access: KmsAccess) -> Result<Kms, ServiceError> {
+        let store = Store::connect(&access.database_url).await?;
+        if Unsealer::load(store, SOURCE)
+            .await
+            .map_err(unseal_error)?
+            .is_some()
+        {
+            return Err(ServiceError::Refused(
+                "this deployment is sealed: the recovery ceremony runs on an unsealed deployment"
+                    .into(),
+            ));
+        }
+        let svc = open_service(&access, Role::SecurityOfficer).await?;
+        Ok(Kms {
+            access,
+            svc: Some(svc),
+            unsealer: None,
+        })
+    }
+
+    /// From the security officer's login to the user's on a replacement
+    /// token: the KMS's own keys lost with the old token are put back first
+    /// (the audit MAC key from `backup`, new signing keys; recorded), then
+    /// the service opens and countersigns what the officer's login and the
+    /// renewal wrote without a MAC.
+    pub async fn user_on_new_token(
+        &mut self,
+        actor: &Actor,
+        backup: &BackupFile,
+    ) -> Result<(), ServiceError> {
+        if self.role() == Some(Role::User) {
+            return Ok(());
+        }
+        let mut unmaced = Vec::new();
+        if let Some(so) = self.svc.take() {
+            let closed = so.close().await;
+            unmaced = so.audit().take_unmaced();
+            drop(so);
+            closed?;
+        }
+        let cfg = self.access.user.clone();
+        let store = Store::connect(&self.access.database_url).await?;
+        let hsm = tokio::task::spawn_blocking(move || Hsm::open(&cfg))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("opening the token: {e}")))?
+            .map_err(ServiceError::Hsm)?;
+        let hsm = Arc::new(hsm);
+        let renewal = renew_lost_system_keys(hsm.clone(), &store, actor, Some(backup)).await?;
+        let svc = KeyService::open(hsm, store, self.access.policy.clone(), SOURCE).await?;
+        let svc = match &self.access.custodians {
+            Some(s) => svc.with_custodian_settings(s.clone()),
+            None => svc,
+        };
+        svc.audit()
+            .countersign(unmaced)
+            .await
+            .map_err(ServiceError::Audit)?;
+        renewal.countersign(&svc).await?;
+        self.svc = Some(svc);
+        Ok(())
+    }
+
     /// Open the service, or, when the deployment is sealed, wait for
     /// shares.
     pub async fn open(access: KmsAccess) -> Result<Kms, ServiceError> {

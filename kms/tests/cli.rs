@@ -575,6 +575,9 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     .unwrap();
     let comps = "29C2706DC7D6913E13CDB901948FE30E\nF125A2734AE007C1CBFEFBB58AE9F85B\n0BCB7FEC8C3D3B3468CE6154851067A4\n";
     let pan = "4304749924883220";
+    // Issue 5: the backup KEK's shares and a backup file (KM-2).
+    let share_dir = cli.token.dir.path().join("kek-shares");
+    let backup_file = cli.token.dir.path().join("backup.json");
     // (arguments, the action its record carries)
     let commands: Vec<(Vec<&str>, &str)> = vec![
         (vec!["init"], "reconcile.repair"),
@@ -670,6 +673,27 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         (vec!["audit", "checkpoint"], "audit.checkpoint"),
         (vec!["sd", "list", "-t", "i"], "sd.list"),
         (vec!["custodian", "list"], "custodian.list"),
+        (
+            vec![
+                "backup",
+                "kek-create",
+                "--threshold",
+                "2",
+                "--shares",
+                "2",
+                "--share-dir",
+                share_dir.to_str().unwrap(),
+            ],
+            "backup.kek-create",
+        ),
+        (
+            vec!["backup", "create", "--out", backup_file.to_str().unwrap()],
+            "backup.create",
+        ),
+        (
+            vec!["backup", "restore", backup_file.to_str().unwrap()],
+            "backup.restore",
+        ),
     ];
     for (args, _) in &commands {
         // The PIN of the person a request is made `--as`.
@@ -764,6 +788,11 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     secrets.push(cli.token.user_pin.clone());
     secrets.push(cli.token.so_pin.clone());
     secrets.extend(cli.pins.borrow().iter().cloned());
+    // The backup KEK's shares.
+    for e in std::fs::read_dir(&share_dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        secrets.push(text.trim().to_owned());
+    }
     for s in &secrets {
         assert!(
             !all.contains(s.as_str()) && !all.contains(&s.to_lowercase()),

@@ -100,7 +100,10 @@ async fn km2_tsm_ac2_key_export_components_ceremony_hands_each_custodian_only_th
     let mut raw = Vec::new();
     for who in ["alice", "bob"] {
         let path = room.files.join(format!("{who}.component.out"));
-        let mode = std::fs::metadata(&path).expect("written").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("written")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{who}'s component file");
         let text = std::fs::read_to_string(&path).expect("component");
         let c = Component::parse_hex(text.trim(), Algorithm::Aes128).expect("a component");
@@ -215,10 +218,7 @@ async fn km2_invariant3_export_components_is_refused_without_an_approval_and_out
         .await
         .is_err());
     // The requester cannot approve their own request.
-    assert!(person(&room, "so1")
-        .approve(svc, &req.id)
-        .await
-        .is_err());
+    assert!(person(&room, "so1").approve(svc, &req.id).await.is_err());
     person(&room, "carol")
         .approve(svc, &req.id)
         .await
@@ -266,7 +266,10 @@ async fn km2_invariant3_export_components_is_refused_without_an_approval_and_out
         .find(|r| r.event.outcome == Some(kms::audit::Outcome::Success))
         .expect("a success record");
     assert_eq!(
-        done.event.details.get("component_holders").map(String::as_str),
+        done.event
+            .details
+            .get("component_holders")
+            .map(String::as_str),
         Some("alice,bob")
     );
     let text = serde_json::to_string(&recs.iter().map(|r| &r.event).collect::<Vec<_>>())

@@ -1,5 +1,5 @@
 //! Issue 5: the initialization, unseal and share-rotation ceremonies
-//! against a real SoftHSM2 token: a trusted backup KEK made under dual
+//! against a real SoftHSM2 token: a trusted transport KEK made under dual
 //! control, the KMS sealed into one share per custodian, refusing to serve
 //! while sealed, opened by M shares, re-split so old shares are refused;
 //! and a ceremony on a sealed KMS that begins by unsealing it, switching to
@@ -85,11 +85,11 @@ async fn km1_tsm_ac_3_initialization_seals_the_kms_and_m_shares_open_it() {
         .expect("unsealed by two shares");
     let svc = kms.svc().expect("open");
     let kek = svc
-        .get(&tenant("acme"), &name("backup-kek"))
+        .get(&tenant("acme"), &name("transport-kek"))
         .await
-        .expect("backup KEK");
+        .expect("transport KEK");
     assert!(kek.current().expect("version").trusted);
-    assert_eq!(kek.usage, KeyUsage::BackupKek);
+    assert_eq!(kek.usage, KeyUsage::TransportKek);
     let report = svc.audit().verify_database().await.expect("chain");
     assert!(report.ok(), "{:?}", report.damage);
     kms.close().await.expect("close");

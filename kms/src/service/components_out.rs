@@ -119,15 +119,11 @@ impl KeyService {
         names: &[String],
     ) -> Result<(), ServiceError> {
         for name in check_holders(names)? {
-            let rec = self
-                .store
-                .custodian(name.as_str())
-                .await?
-                .ok_or_else(|| {
-                    ServiceError::Auth(AuthRefusal::NotEnrolled {
-                        name: name.to_string(),
-                    })
-                })?;
+            let rec = self.store.custodian(name.as_str()).await?.ok_or_else(|| {
+                ServiceError::Auth(AuthRefusal::NotEnrolled {
+                    name: name.to_string(),
+                })
+            })?;
             super::custodians::check_standing(&rec, OffsetDateTime::now_utc())?;
             if rec.role != CustodianRole::Custodian {
                 return Err(ServiceError::Auth(AuthRefusal::Role {

@@ -44,6 +44,14 @@ pub async fn renew_lost_system_keys(
     for (name, algorithm, usage) in [
         (AUDIT_MAC, Algorithm::HmacSha256, KeyUsage::Audit),
         (AUDIT_SIGNING, Algorithm::EcP256, KeyUsage::Signing),
+        // The ceremony transcripts' signing key (service/ceremony.rs): a
+        // private key like the checkpoint key, renewed so the recovery
+        // ceremony's own transcript can be signed on the new token.
+        (
+            "ceremony-transcript-signing",
+            Algorithm::EcP256,
+            KeyUsage::Signing,
+        ),
     ] {
         let key_name = KeyName::parse(name)?;
         let Some(rec) = store.find_key(&tenant, &key_name).await? else {
