@@ -557,45 +557,52 @@ impl Run<'_> {
             .ok_or_else(|| no("there is no request to approve"))?;
         let names = self.names(role)?;
         for (slot, name) in names.iter().enumerate() {
-            let who = self.active(role, slot, name).await?;
-            self.console.say(&format!(
-                "{name}: you are asked to approve\n  {}\n  digest {}",
-                req.operation.canonical()?,
-                req.digest
-            ));
-            self.confirm(
-                role,
-                slot,
-                Some(name),
-                format!("{name}: approve exactly this operation?"),
-            )
-            .await?;
-            let mut key_q = self.question(role, slot, Some(name), Field::ApprovalKey);
-            key_q.prompt = format!("{name}: your approval signing key file (PEM): ");
-            let mut cert_q = self.question(role, slot, Some(name), Field::ApprovalCert);
-            cert_q.prompt = format!("{name}: your certificate file: ");
-            let after = crate::approval::approve(
-                self.kms.svc()?,
-                self.console,
-                &key_q,
-                &cert_q,
-                &who,
-                &req,
-            )
-            .await?;
-            self.console.say(&format!(
-                "{name} approved ({} approvals; the policy needs {}).",
-                after.approvers.len(),
-                after.approvals_needed
-            ));
-            let mut d = BTreeMap::new();
-            d.insert("request".to_owned(), req.id.clone());
-            d.insert("digest".to_owned(), req.digest.clone());
-            self.record("approve", Some(name), StepOutcome::Done, d)
-                .await?;
+            let after = self.approve_as(role, slot, name, &req).await?;
             self.request = Some(after);
         }
         Ok(())
+    }
+
+    /// One person's signed approval of `req`, after they confirmed exactly
+    /// its operation and digest.
+    async fn approve_as(
+        &mut self,
+        role: &str,
+        slot: usize,
+        name: &str,
+        req: &ApprovalRequest,
+    ) -> Result<ApprovalRequest, Abort> {
+        let who = self.active(role, slot, name).await?;
+        self.console.say(&format!(
+            "{name}: you are asked to approve\n  {}\n  digest {}",
+            req.operation.canonical()?,
+            req.digest
+        ));
+        self.confirm(
+            role,
+            slot,
+            Some(name),
+            format!("{name}: approve exactly this operation?"),
+        )
+        .await?;
+        let mut key_q = self.question(role, slot, Some(name), Field::ApprovalKey);
+        key_q.prompt = format!("{name}: your approval signing key file (PEM): ");
+        let mut cert_q = self.question(role, slot, Some(name), Field::ApprovalCert);
+        cert_q.prompt = format!("{name}: your certificate file: ");
+        let after =
+            crate::approval::approve(self.kms.svc()?, self.console, &key_q, &cert_q, &who, req)
+                .await?;
+        self.console.say(&format!(
+            "{name} approved ({} approvals; the policy needs {}).",
+            after.approvers.len(),
+            after.approvals_needed
+        ));
+        let mut d = BTreeMap::new();
+        d.insert("request".to_owned(), req.id.clone());
+        d.insert("digest".to_owned(), req.digest.clone());
+        self.record("approve", Some(name), StepOutcome::Done, d)
+            .await?;
+        Ok(after)
     }
 
     async fn component(&mut self, role: &str, person: Option<u32>) -> Result<(), Abort> {
@@ -1383,8 +1390,10 @@ It goes to the partner separately from the components.",
             .await
     }
 
-    /// The backup KEK, made in the token under the SO login after every
-    /// approver said yes, and split into one share per custodian.
+    /// The backup KEK under dual control (invariant 3): the officer
+    /// requests it, every approver other than the officer signs an
+    /// approval of exactly that request, and the officer executes it under
+    /// the SO login; its value is split into one share per custodian.
     async fn backup_kek(&mut self, role: &str, by: &str, approvers: &str) -> Result<(), Abort> {
         let m: u8 = self
             .param("m")?
@@ -1405,27 +1414,43 @@ It goes to the partner separately from the components.",
                 "a backup KEK needs the agreement of someone besides the officer",
             ));
         }
-        for (slot, a) in agreeing.iter().enumerate() {
-            self.active(approvers, slot, a).await?;
-            self.confirm(
-                approvers,
-                slot,
-                Some(a),
-                format!("{a}: create the backup KEK {kek}, {m} of {n} shares?"),
-            )
+        let who = self.active(by, 0, &officer).await?;
+        let op = Operation::BackupKek {
+            name: kek.to_string(),
+            threshold: m,
+            shares: n,
+        };
+        let mut req = self.kms.svc()?.request(&who, op).await?;
+        self.console.say(&format!(
+            "{officer} requested:\n  request   {}\n  operation {}\n  digest    {}\nApprovers: compare the digest on your own screen.",
+            req.id,
+            req.operation.canonical()?,
+            req.digest
+        ));
+        let mut d = BTreeMap::new();
+        d.insert("request".to_owned(), req.id.clone());
+        d.insert("digest".to_owned(), req.digest.clone());
+        d.insert("operation".to_owned(), "trust".to_owned());
+        self.record("request", Some(&officer), StepOutcome::Done, d)
             .await?;
+        self.request = Some(req.clone());
+        for (slot, a) in agreeing.iter().enumerate() {
+            if *a == officer {
+                continue;
+            }
+            req = self.approve_as(approvers, slot, a, &req).await?;
+            self.request = Some(req.clone());
         }
         let who = self.active(by, 0, &officer).await?;
         self.console
             .say("Switching to the security officer's login of the token.");
         self.kms.security_officer().await?;
-        let made = self
-            .kms
-            .svc()?
-            .create_backup_kek(&who.actor(), &kek, m, n)
-            .await;
+        let made = self.kms.svc()?.execute_backup_kek(&who, &req.id).await;
+        // Back to the user's login whatever happened (the transcript is
+        // signed there, and the SO's records get countersigned).
         self.kms.user().await?;
         let made = made?;
+        self.executed = true;
         self.console.say(&format!(
             "Backup KEK {kek} created (check value {}); {m} of {n} shares rebuild it.",
             made.kcv
@@ -1436,6 +1461,7 @@ It goes to the partner separately from the components.",
         d.insert("threshold".to_owned(), m.to_string());
         d.insert("shares".to_owned(), n.to_string());
         d.insert("agreed".to_owned(), agreeing.join(","));
+        d.insert("request".to_owned(), req.id.clone());
         self.record("backup-kek", Some(&officer), StepOutcome::Done, d)
             .await?;
         self.hand_out(role, &names, made.shares).await

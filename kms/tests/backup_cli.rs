@@ -4,9 +4,12 @@
 //! brand-new one, the KEK recovered from M share files (M-1 refused), the
 //! keys restored with their check values, nothing secret printed.
 
+use kms::model::CustodianRole;
+use kms_e2e::people::Person;
 use kms_e2e::token::{module_path, TestToken, LABEL};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 struct Out {
     code: i32,
@@ -59,6 +62,171 @@ impl Cli {
         }
     }
 
+    /// As `run`, with `stdin` (PINs) on standard input.
+    fn run_with(&self, args: &[&str], stdin: &str) -> Out {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kms"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("KMS_CONFIG")
+            .env("KMS_ACTOR", "alice")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Issue 5: so1 (security officer) bootstrapped, bob (custodian)
+    /// enrolled, both bound to certificates, PINs changed, the founding
+    /// closed. Returns them.
+    fn found(&self) -> Vec<Person> {
+        let people = vec![
+            Person::new("so1", CustodianRole::SecurityOfficer),
+            Person::new("bob", CustodianRole::Custodian),
+        ];
+        for (i, p) in people.iter().enumerate() {
+            let dir = self.dir();
+            std::fs::write(dir.join(format!("{}.key", p.name)), &p.key_pem).unwrap();
+            std::fs::write(dir.join(format!("{}.pem", p.name)), &p.cert_pem).unwrap();
+            let fp = p.cert_sha256();
+            let mut args = vec![];
+            let mut input = String::new();
+            if i > 0 {
+                args.extend(["--as", "so1"]);
+                input.push_str(&format!("{}\n", people[0].pin));
+            }
+            args.extend([
+                "custodian",
+                "bootstrap",
+                "--name",
+                &p.name,
+                "--role",
+                p.role.as_str(),
+                "--cert-sha256",
+                &fp,
+                "--pin-stdin",
+            ]);
+            input.push_str(&format!("{}\n", p.initial_pin));
+            let o = self.run_with(&args, &input);
+            assert_eq!(o.code, 0, "enrol {}: {}", p.name, o.stderr);
+            let o = self.run_with(
+                &["custodian", "change-pin", "--name", &p.name, "--pin-stdin"],
+                &format!("{}\n{}\n", p.initial_pin, p.pin),
+            );
+            assert_eq!(o.code, 0, "{}'s PIN: {}", p.name, o.stderr);
+        }
+        let o = self.run_with(
+            &["--as", "so1", "custodian", "close-founding", "--pin-stdin"],
+            &format!("{}\n", people[0].pin),
+        );
+        assert_eq!(o.code, 0, "close the founding: {}", o.stderr);
+        people
+    }
+
+    /// Invariant 3: the backup KEK through dual control, by the CLI: so1
+    /// requests it, bob signs an approval, so1 executes it (its shares
+    /// written in `share_dir`). Returns kek-execute's JSON.
+    fn backup_kek(
+        &self,
+        people: &[Person],
+        m: &str,
+        n: &str,
+        share_dir: &Path,
+    ) -> serde_json::Value {
+        let (so1, bob) = (&people[0], &people[1]);
+        let o = self.run_with(
+            &[
+                "--json",
+                "--as",
+                "so1",
+                "backup",
+                "kek-create",
+                "--threshold",
+                m,
+                "--shares",
+                n,
+                "--pin-stdin",
+            ],
+            &format!("{}\n", so1.pin),
+        );
+        assert_eq!(o.code, 0, "kek-create: {}", o.stderr);
+        let req: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        let id = req["id"].as_str().unwrap().to_owned();
+        let digest = req["digest"].as_str().unwrap().to_owned();
+        // The requester alone cannot make it.
+        let early = self.run_with(
+            &[
+                "--as",
+                "so1",
+                "backup",
+                "kek-execute",
+                &id,
+                "--share-dir",
+                share_dir.to_str().unwrap(),
+                "--pin-stdin",
+            ],
+            &format!("{}\n", so1.pin),
+        );
+        assert_ne!(early.code, 0, "{}", early.stdout);
+        assert!(early.stderr.contains("approvals"), "{}", early.stderr);
+        let key = self.dir().join("bob.key");
+        let cert = self.dir().join("bob.pem");
+        let o = self.run_with(
+            &[
+                "--as",
+                "bob",
+                "request",
+                "approve",
+                &id,
+                "--digest",
+                &digest,
+                "--key",
+                key.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--pin-stdin",
+            ],
+            &format!("{}\n", bob.pin),
+        );
+        assert_eq!(o.code, 0, "approve: {}", o.stderr);
+        // Not through the plain execute path either.
+        let o = self.run_with(
+            &["--as", "so1", "request", "execute", &id, "--pin-stdin"],
+            &format!("{}\n", so1.pin),
+        );
+        assert_ne!(o.code, 0, "{}", o.stdout);
+        assert!(o.stderr.contains("kek-execute"), "{}", o.stderr);
+        let o = self.run_with(
+            &[
+                "--json",
+                "--as",
+                "so1",
+                "backup",
+                "kek-execute",
+                &id,
+                "--share-dir",
+                share_dir.to_str().unwrap(),
+                "--pin-stdin",
+            ],
+            &format!("{}\n", so1.pin),
+        );
+        assert_eq!(o.code, 0, "kek-execute: {}", o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    }
+
     fn ok(&self, args: &[&str]) -> Out {
         let o = self.run(args);
         assert_eq!(
@@ -109,6 +277,7 @@ impl Cli {
 fn km2_cli_backup_kek_shares_backup_new_token_recover_and_restore() {
     let cli = Cli::new();
     cli.ok(&["init"]);
+    let people = cli.found();
     for (name, alg, usage) in [
         ("kmc", "tdes-2key", "sd-kmc"),
         ("enc", "aes-128", "sd-enc"),
@@ -121,16 +290,7 @@ fn km2_cli_backup_kek_shares_backup_new_token_recover_and_restore() {
     let before: Vec<String> = ["kmc", "enc", "data"].iter().map(|n| cli.kcv(n)).collect();
 
     let shares = cli.dir().join("shares");
-    let made = cli.json(&[
-        "backup",
-        "kek-create",
-        "--threshold",
-        "2",
-        "--shares",
-        "3",
-        "--share-dir",
-        shares.to_str().unwrap(),
-    ]);
+    let made = cli.backup_kek(&people, "2", "3", &shares);
     let kek_kcv = made["kcv"].as_str().unwrap().to_owned();
     let files: Vec<String> = made["shares"]
         .as_array()
@@ -225,8 +385,19 @@ fn km2_cli_backup_kek_shares_backup_new_token_recover_and_restore() {
     // Every step is in the trail; no share is, nor in the database or the
     // backup file.
     let trail = cli.ok(&["--json", "audit", "search", "--action", "backup.*"]);
-    for action in [
+    // The KEK was made by so1, executing the approved request (the search
+    // defaults to KMS_ACTOR's records).
+    let made_by = cli.ok(&[
+        "--json",
+        "audit",
+        "search",
+        "--action",
         "backup.kek-create",
+        "--actor",
+        "so1",
+    ]);
+    assert!(made_by.stdout.contains("\"success\""), "{}", made_by.stdout);
+    for action in [
         "backup.file",
         "backup.kek-recover",
         "backup.system-key-renew",

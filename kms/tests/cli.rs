@@ -578,6 +578,38 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
     // Issue 5: the backup KEK's shares and a backup file (KM-2).
     let share_dir = cli.token.dir.path().join("kek-shares");
     let backup_file = cli.token.dir.path().join("backup.json");
+    // Invariant 3: the backup KEK by request (so1), signed approval (bob)
+    // and `backup kek-execute` (so1, under the SO login).
+    let o = cli.as_person(
+        "so1",
+        &[
+            "--json",
+            "backup",
+            "kek-create",
+            "--threshold",
+            "2",
+            "--shares",
+            "2",
+            "--pin-stdin",
+        ],
+    );
+    assert_eq!(o.code, 0, "kek-create: {}", o.stderr);
+    let req: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let id = req["id"].as_str().unwrap().to_owned();
+    let o = cli.approve("bob", &id, req["digest"].as_str().unwrap());
+    assert_eq!(o.code, 0, "approve: {}", o.stderr);
+    let o = cli.as_person(
+        "so1",
+        &[
+            "backup",
+            "kek-execute",
+            &id,
+            "--share-dir",
+            share_dir.to_str().unwrap(),
+            "--pin-stdin",
+        ],
+    );
+    assert_eq!(o.code, 0, "kek-execute: {}", o.stderr);
     // (arguments, the action its record carries)
     let commands: Vec<(Vec<&str>, &str)> = vec![
         (vec!["init"], "reconcile.repair"),
@@ -674,19 +706,6 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         (vec!["sd", "list", "-t", "i"], "sd.list"),
         (vec!["custodian", "list"], "custodian.list"),
         (
-            vec![
-                "backup",
-                "kek-create",
-                "--threshold",
-                "2",
-                "--shares",
-                "2",
-                "--share-dir",
-                share_dir.to_str().unwrap(),
-            ],
-            "backup.kek-create",
-        ),
-        (
             vec!["backup", "create", "--out", backup_file.to_str().unwrap()],
             "backup.create",
         ),
@@ -753,6 +772,7 @@ fn tsm_ac2_every_cli_command_is_audited_and_the_trail_holds_no_secrets() {
         "request.execute",
         "derive.emv-card",
         "request.create",
+        "backup.kek-create",
         // Issue 5: the founding, logins and the adopted policy.
         "policy.adopt",
         "custodian.enroll",

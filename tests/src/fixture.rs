@@ -220,6 +220,36 @@ impl TestKms {
     }
 }
 
+impl TestKms {
+    /// The backup KEK `kms/<n>` through dual control (invariant 3): so1
+    /// requests it, bob approves, so1 executes under the SO login (the
+    /// standard people founded first if needed). Returns the shares too.
+    pub async fn backup_kek(&mut self, n: &str, m: u8, shares: u8) -> kms::service::BackupKek {
+        let op = kms::service::Operation::BackupKek {
+            name: n.into(),
+            threshold: m,
+            shares,
+        };
+        // A ceremony run closes the user's service: reopen it.
+        if self.svc.is_none() {
+            self.svc = Some(Self::service(&self.token, &self.db_url, Role::User).await);
+        }
+        crate::people::ensure_founded(self.svc()).await;
+        let so1 = crate::people::person("so1").session(self.svc()).await;
+        let req = self.svc().request(&so1, op).await.expect("request");
+        crate::people::person("bob")
+            .approve(self.svc(), &req.id)
+            .await
+            .expect("approve");
+        self.as_security_officer(|so| async move {
+            so.execute_backup_kek(&so1, &req.id)
+                .await
+                .expect("backup KEK")
+        })
+        .await
+    }
+}
+
 /// Export through dual control: alice requests, bob approves, alice
 /// executes (the standard people founded first if needed).
 pub async fn export_approved(

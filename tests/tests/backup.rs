@@ -174,19 +174,13 @@ fn replace_token(kms: &TestKms) {
 /// Create the backup KEK (security officer) and return the custodians'
 /// shares as they would type them back, and the KEK's check value.
 async fn backup_kek(kms: &mut TestKms, m: u8, n: u8) -> (Vec<String>, String) {
-    kms.as_security_officer(|so| async move {
-        let k = so
-            .create_backup_kek(&actor("so1"), &name(KEK), m, n)
-            .await
-            .expect("backup KEK");
-        assert_eq!(k.shares.len(), usize::from(n));
-        let v = k.key.current().unwrap();
-        assert!(v.trusted);
-        assert_eq!(v.kcv.as_deref(), Some(k.kcv.as_str()));
-        let texts = k.shares.iter().map(|s| s.to_text().to_string()).collect();
-        (texts, k.kcv)
-    })
-    .await
+    let k = kms.backup_kek(KEK, m, n).await;
+    assert_eq!(k.shares.len(), usize::from(n));
+    let v = k.key.current().unwrap();
+    assert!(v.trusted);
+    assert_eq!(v.kcv.as_deref(), Some(k.kcv.as_str()));
+    let texts = k.shares.iter().map(|s| s.to_text().to_string()).collect();
+    (texts, k.kcv)
 }
 
 fn parse(texts: &[String]) -> Vec<Share> {
@@ -548,10 +542,27 @@ async fn km2_backed_up_key_is_still_not_exportable_and_restore_needs_the_recover
     assert_eq!(file.skipped.len(), 1, "{:?}", file.skipped);
     assert_eq!(file.skipped[0].name, "transport");
     // The security officer's login cannot make a backup (it cannot see the
-    // keys), nor the user's create a backup KEK.
+    // keys), nor the user's create a backup KEK, even approved.
+    let so1 = kms_e2e::people::person("so1").session(kms.svc()).await;
+    let req = kms
+        .svc()
+        .request(
+            &so1,
+            kms::service::Operation::BackupKek {
+                name: "other".into(),
+                threshold: 2,
+                shares: 3,
+            },
+        )
+        .await
+        .unwrap();
+    kms_e2e::people::person("bob")
+        .approve(kms.svc(), &req.id)
+        .await
+        .unwrap();
     let e = kms
         .svc()
-        .create_backup_kek(&actor("alice"), &name("other"), 2, 3)
+        .execute_backup_kek(&so1, &req.id)
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Refused(_)), "{e}");

@@ -46,14 +46,7 @@ async fn tsm_ac2_inv4_ceremony_seal_backup_and_admin_request_acts_are_all_in_the
 
     // The backup KEK (security officer's login), a backup, a restore that
     // finds everything present, and one of a damaged file (refused).
-    room.kms
-        .as_security_officer(|so| async move {
-            so.create_backup_kek(&actor("so1"), &name("backup-kek"), 2, 2)
-                .await
-                .expect("backup KEK")
-                .kcv
-        })
-        .await;
+    room.kms.backup_kek("backup-kek", 2, 2).await;
     let svc = room.kms.svc().clone();
     assert!(svc
         .verify_transcript(&actor("auditor"), &signed)

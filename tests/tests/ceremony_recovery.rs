@@ -111,17 +111,9 @@ async fn km2_recovery_ceremony_on_a_new_token_reproduces_every_backed_up_kcv() {
             .await;
     }
     let before = token_kcvs(room.kms.svc()).await;
-    let (shares, kek_kcv) = room
-        .kms
-        .as_security_officer(|so| async move {
-            let k = so
-                .create_backup_kek(&actor("so1"), &name("backup-kek"), 2, 2)
-                .await
-                .expect("backup KEK");
-            let texts: Vec<String> = k.shares.iter().map(|s| s.to_text().to_string()).collect();
-            (texts, k.kcv)
-        })
-        .await;
+    let k = room.kms.backup_kek("backup-kek", 2, 2).await;
+    let shares: Vec<String> = k.shares.iter().map(|s| s.to_text().to_string()).collect();
+    let kek_kcv = k.kcv.clone();
     for (who, share) in ["alice", "bob"].iter().zip(&shares) {
         std::fs::write(room.files.join(format!("{who}.kek-share")), share).expect("share file");
     }
@@ -262,17 +254,12 @@ async fn km2_recovery_ceremony_with_one_share_too_few_aborts_and_restores_nothin
         .await;
     let shares = room
         .kms
-        .as_security_officer(|so| async move {
-            let k = so
-                .create_backup_kek(&actor("so1"), &name("backup-kek"), 2, 2)
-                .await
-                .expect("backup KEK");
-            k.shares
-                .iter()
-                .map(|s| s.to_text().to_string())
-                .collect::<Vec<String>>()
-        })
-        .await;
+        .backup_kek("backup-kek", 2, 2)
+        .await
+        .shares
+        .iter()
+        .map(|s| s.to_text().to_string())
+        .collect::<Vec<String>>();
     let file = room
         .kms
         .svc()

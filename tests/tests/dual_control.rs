@@ -597,3 +597,84 @@ async fn inv3_trusted_kek_needs_approval_and_the_security_officer() {
     let report = kms.svc().audit().verify_database().await.unwrap();
     assert!(report.ok(), "{:?}", report.damage);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inv3_backup_kek_needs_approval_and_the_security_officer() {
+    let mut kms = TestKms::new().await;
+    let op = |threshold: u8, shares: u8| Operation::BackupKek {
+        name: "backup-kek".into(),
+        threshold,
+        shares,
+    };
+    let so1 = session_of(kms.svc(), "so1").await;
+    let alice = person("alice").session(kms.svc()).await;
+    // Only a security officer asks for it (they receive the shares), and
+    // a split that could not protect the KEK is refused up front.
+    assert!(kms.svc().request(&alice, op(2, 3)).await.is_err());
+    let e = kms.svc().request(&so1, op(1, 3)).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
+    let e = kms.svc().request(&so1, op(3, 2)).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
+    let r = kms.svc().request(&so1, op(2, 3)).await.unwrap();
+    // Under the user's login, and by every path but execute_backup_kek,
+    // nothing is made and the request stays open.
+    refused(
+        kms.svc().execute_backup_kek(&so1, &r.id).await.unwrap_err(),
+        "security officer",
+    );
+    let (id, requester) = (r.id.clone(), so1.clone());
+    kms.as_security_officer(|so| async move {
+        // The requester alone: no approval yet.
+        refused(
+            so.execute_backup_kek(&requester, &id).await.unwrap_err(),
+            "0 of 1 approvals",
+        );
+    })
+    .await;
+    person("bob").approve(kms.svc(), &r.id).await.unwrap();
+    let (id, requester) = (r.id.clone(), so1.clone());
+    let made = kms
+        .as_security_officer(|so| async move {
+            let e = so.execute(&requester, &id).await.unwrap_err();
+            assert!(e.to_string().contains("kek-execute"), "{e}");
+            let e = so
+                .execute_with(&requester, &id, Vec::new())
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("kek-execute"), "{e}");
+            refused(
+                so.execute_backup_kek(&alice, &id).await.unwrap_err(),
+                "only the requester",
+            );
+            so.execute_backup_kek(&requester, &id).await.unwrap()
+        })
+        .await;
+    assert_eq!(made.shares.len(), 3);
+    assert_eq!(made.threshold, 2);
+    let v = made.key.current().unwrap();
+    assert!(v.trusted);
+    assert_eq!(v.kcv.as_deref(), Some(made.kcv.as_str()));
+    let attrs = kms.svc().hsm().attributes(v.object_id).unwrap();
+    assert!(attrs[0].trusted && attrs[0].sensitive && !attrs[0].extractable);
+    // Any two shares rebuild a secret; the shares are in no record.
+    kms::crypto::shares::combine(&made.shares[1..]).unwrap();
+    let trail = kms
+        .svc()
+        .store()
+        .audit_search(&AuditFilter::default())
+        .await
+        .unwrap();
+    for s in &made.shares {
+        let text = s.to_text();
+        assert!(trail
+            .iter()
+            .all(|r| !format!("{:?}", r.event).contains(text.as_str())));
+    }
+    let executed = kms.svc().approval(&r.id).await.unwrap();
+    assert_eq!(executed.status, "executed");
+    // Once only, and never a second KEK of that name.
+    let e = kms.svc().request(&so1, op(2, 3)).await.unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let report = kms.svc().audit().verify_database().await.unwrap();
+    assert!(report.ok(), "{:?}", report.damage);
+}

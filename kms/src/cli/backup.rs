@@ -1,9 +1,12 @@
-//! `kms backup kek-create|create|kek-recover|restore` (KM-2, issue 5): the
-//! automation path of the backup and recovery ceremony. Shares are written
-//! one per file (mode 0600) and read back from files; they are never
-//! printed, and neither is any key.
+//! `kms backup kek-create|kek-execute|create|kek-recover|restore` (KM-2,
+//! issue 5): the automation path of the backup and recovery ceremony.
+//! Creating the trusted backup KEK is dual-controlled (invariant 3): a
+//! security officer requests it, others approve (`kms request approve`),
+//! and the officer executes it under the token's SO login. Shares are
+//! written one per file (mode 0600) and read back from files; they are
+//! never printed, and neither is any key.
 
-use super::commands::{actor, service};
+use super::commands::{actor, close_all, person, service};
 use super::output::print;
 use super::Cli;
 use anyhow::{bail, Context, Result};
@@ -13,7 +16,7 @@ use kms::crypto::Share;
 use kms::hsm::{Hsm, Role};
 use kms::model::KeyName;
 use kms::policy::KeyPolicy;
-use kms::service::{renew_lost_system_keys, BackupFile, KeyService};
+use kms::service::{renew_lost_system_keys, BackupFile, KeyService, Operation};
 use kms::store::Store;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,9 +25,10 @@ use zeroize::Zeroizing;
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
-    /// Create the backup KEK (security officer's login): AES-256 from the
-    /// token's generator, imported trusted, its value split into N shares
-    /// (one file each in --share-dir) of which any M rebuild it.
+    /// Request the backup KEK (as a security officer, --as): AES-256 from
+    /// the token's generator, imported trusted, its value split into N
+    /// shares of which any M rebuild it. Nothing is made until others
+    /// approved the request and `kek-execute` runs it.
     KekCreate {
         /// The KEK's name (in the `kms` tenant).
         #[arg(long, default_value = "backup-kek")]
@@ -35,9 +39,22 @@ pub enum BackupCommand {
         /// N: shares made, one per custodian.
         #[arg(long)]
         shares: u8,
+        /// Read the officer's PIN from standard input (one line).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Execute an approved backup KEK request (its requester, --as, under
+    /// the security officer's login), writing the shares one file each in
+    /// --share-dir.
+    KekExecute {
+        /// The request's id.
+        id: String,
         /// A directory for the share files (created 0700 if missing).
         #[arg(long)]
         share_dir: PathBuf,
+        /// Read the officer's PIN from standard input (one line).
+        #[arg(long)]
+        pin_stdin: bool,
     },
     /// Back up every key the policy backs up, wrapped under the backup KEK.
     Create {
@@ -81,14 +98,48 @@ pub(super) async fn run(cli: &Cli, cmd: &BackupCommand) -> Result<()> {
             name,
             threshold,
             shares,
-            share_dir,
+            pin_stdin,
         } => {
-            let name = KeyName::parse(name)?;
+            let op = Operation::BackupKek {
+                name: KeyName::parse(name)?.to_string(),
+                threshold: *threshold,
+                shares: *shares,
+            };
+            let svc = service(cli, Role::User).await?;
+            let session = person(cli, &svc, *pin_stdin).await?;
+            let req = svc.request(&session, op).await?;
+            print(cli.json, &req, || {
+                format!(
+                    "request {} created by {}: the backup KEK kms/{name}, {threshold} of {shares} shares; it needs {} approval(s) by other people.\n\
+                     Approvers confirm this digest:\n  {}\n\
+                     then: kms request approve {} --digest <digest> --as <approver> --key <key.pem> --cert <cert.pem>\n\
+                     and:  kms backup kek-execute {} --share-dir <dir> --as {}",
+                    req.id,
+                    req.requested_by,
+                    req.approvals_needed,
+                    req.digest,
+                    req.id,
+                    req.id,
+                    req.requested_by
+                )
+            });
+            Ok(())
+        }
+        BackupCommand::KekExecute {
+            id,
+            share_dir,
+            pin_stdin,
+        } => {
+            let svc = service(cli, Role::User).await?;
+            let Operation::BackupKek { name, .. } = svc.approval(id).await?.operation else {
+                bail!("request {id} is not the creation of a backup KEK (kms request execute runs it)");
+            };
             prepare_dir(share_dir)?;
+            let session = person(cli, &svc, *pin_stdin).await?;
+            drop(svc);
+            close_all().await?;
             let svc = service(cli, Role::SecurityOfficer).await?;
-            let made = svc
-                .create_backup_kek(&who, &name, *threshold, *shares)
-                .await;
+            let made = svc.execute_backup_kek(&session, id).await;
             countersign_officer(cli, svc, None).await;
             let made = made?;
             let written = write_shares(share_dir, &made.shares)?;

@@ -113,6 +113,16 @@ pub enum Operation {
         exportable: bool,
         custodians: Vec<String>,
     },
+    /// Issue 5, KM-2, invariant 3: the backup KEK `kms/<name>`, made in the
+    /// token and imported CKA_TRUSTED under the security officer's login,
+    /// its value split into `shares` Shamir shares of which `threshold`
+    /// rebuild it. Executed only by [`KeyService::execute_backup_kek`],
+    /// which hands the shares to the caller and nowhere else.
+    BackupKek {
+        name: String,
+        threshold: u8,
+        shares: u8,
+    },
 }
 
 impl Operation {
@@ -121,7 +131,7 @@ impl Operation {
             Operation::Export { .. } => SensitiveAction::Export,
             Operation::Destroy { .. } => SensitiveAction::Destroy,
             Operation::Compromise { .. } => SensitiveAction::Compromise,
-            Operation::TrustedKek { .. } => SensitiveAction::Trust,
+            Operation::TrustedKek { .. } | Operation::BackupKek { .. } => SensitiveAction::Trust,
             Operation::ReleaseSd { .. } => SensitiveAction::Reissue,
             Operation::EnrollCustodian { .. } | Operation::RemoveCustodian { .. } => {
                 SensitiveAction::Custodians
@@ -281,13 +291,35 @@ impl Operation {
                 }
                 super::components_out::check_holders(custodians)?;
             }
+            Operation::BackupKek {
+                name,
+                threshold,
+                shares,
+            } => {
+                KeyName::parse(name)?;
+                if *threshold < 2 || shares < threshold {
+                    return Err(ServiceError::Invalid(format!(
+                        "a backup KEK needs 2 <= M <= N shares (M = {threshold}, N = {shares})"
+                    )));
+                }
+            }
         }
         Ok(())
     }
 
     /// Whether executing needs the security officer's login.
     pub fn needs_security_officer(&self) -> bool {
-        matches!(self, Operation::TrustedKek { .. })
+        matches!(
+            self,
+            Operation::TrustedKek { .. } | Operation::BackupKek { .. }
+        )
+    }
+
+    /// Whether only a security officer may request and execute it: the
+    /// decisions about people and the policy, and the backup KEK, whose
+    /// shares the requester receives to hand out.
+    pub fn officer_requests(&self) -> bool {
+        self.action().officer_requests() || matches!(self, Operation::BackupKek { .. })
     }
 
     /// Whether executing needs key components typed by custodians.
@@ -301,7 +333,17 @@ impl Operation {
     /// Whether executing hands key components out to custodians: only
     /// [`KeyService::execute_components`] runs it.
     pub fn hands_out_components(&self) -> bool {
-        matches!(self, Operation::ExportComponents { .. })
+        self.hands_out() == HandOut::Components
+    }
+
+    /// Which secrets executing hands back to the caller, if any; each kind
+    /// has its own execute fn, and every other path refuses the request.
+    pub fn hands_out(&self) -> HandOut {
+        match self {
+            Operation::ExportComponents { .. } => HandOut::Components,
+            Operation::BackupKek { .. } => HandOut::BackupKekShares,
+            _ => HandOut::Nothing,
+        }
     }
 
     /// Whether executing needs the initial PIN of the person enrolled.
@@ -329,12 +371,30 @@ impl Operation {
             | Operation::TrustedKek { tenant, key, .. }
             | Operation::ImportKey { tenant, key, .. }
             | Operation::ExportComponents { tenant, key, .. } => Some((tenant, Some(key))),
+            Operation::BackupKek { name, .. } => Some((crate::audit::SYSTEM_TENANT, Some(name))),
             Operation::ReleaseSd { tenant, .. } => Some((tenant, None)),
             Operation::EnrollCustodian { .. }
             | Operation::RemoveCustodian { .. }
             | Operation::ChangePolicy { .. } => None,
         }
     }
+}
+
+/// The secrets an execution hands back to its caller (the ceremony
+/// console or the CLI that writes share files), never to a record or row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOut {
+    Nothing,
+    /// XOR components, one per custodian: [`KeyService::execute_components`].
+    Components,
+    /// The backup KEK's Shamir shares: [`KeyService::execute_backup_kek`].
+    BackupKekShares,
+}
+
+/// What an execution handed back, for its dedicated execute fn.
+enum HandedOut {
+    Components(super::GeneratedComponents),
+    BackupKek(super::BackupKek),
 }
 
 /// A request as shown to people: what, who asked, who agreed.
@@ -487,7 +547,6 @@ impl KeyService {
     ) -> Result<ApprovalRequest, ServiceError> {
         op.validate()?;
         let officer = op
-            .action()
             .officer_requests()
             .then_some(CustodianRole::SecurityOfficer);
         self.standing_of(who, officer).await?;
@@ -561,6 +620,14 @@ impl KeyService {
                 )))
             }
             (Operation::TrustedKek { .. }, None) => {}
+            // Invariant 3: the trusted KEK is new, made only by this request.
+            (Operation::BackupKek { name, .. }, Some(_)) => {
+                return Err(ServiceError::Refused(format!(
+                    "{}/{name} already exists",
+                    crate::audit::SYSTEM_TENANT
+                )))
+            }
+            (Operation::BackupKek { .. }, None) => {}
             (Operation::ImportKey { .. }, Some(_)) => {
                 return Err(ServiceError::Invalid(format!(
                     "tenant {tenant} already has a key named {}",
@@ -764,7 +831,7 @@ impl KeyService {
             Inputs {
                 components,
                 initial_pin: None,
-                hand_out: false,
+                hand_out: HandOut::Nothing,
             },
         )
         .await
@@ -786,7 +853,7 @@ impl KeyService {
             Inputs {
                 components: Vec::new(),
                 initial_pin: Some(initial_pin),
-                hand_out: false,
+                hand_out: HandOut::Nothing,
             },
         )
         .await
@@ -809,14 +876,47 @@ impl KeyService {
             Inputs {
                 components: Vec::new(),
                 initial_pin: None,
-                hand_out: true,
+                hand_out: HandOut::Components,
             },
             &mut out,
         )
         .await?;
-        out.ok_or_else(|| {
-            ServiceError::Internal("the request ran but handed out no components".into())
-        })
+        match out {
+            Some(HandedOut::Components(g)) => Ok(g),
+            _ => Err(ServiceError::Internal(
+                "the request ran but handed out no components".into(),
+            )),
+        }
+    }
+
+    /// Run an approved `BackupKek` request, once, as its requester (a
+    /// security officer) under the security officer's login of the token
+    /// (invariant 3: nobody alone marks a KEK trusted). The shares are
+    /// handed back to the caller alone, to give one to each custodian;
+    /// they are in no record, row or [`Executed`] value.
+    pub async fn execute_backup_kek(
+        &self,
+        who: &CustodianSession,
+        id: &str,
+    ) -> Result<super::BackupKek, ServiceError> {
+        let mut out = None;
+        self.execute_inputs_into(
+            who,
+            id,
+            Inputs {
+                components: Vec::new(),
+                initial_pin: None,
+                hand_out: HandOut::BackupKekShares,
+            },
+            &mut out,
+        )
+        .await?;
+        match out {
+            Some(HandedOut::BackupKek(k)) => Ok(k),
+            _ => Err(ServiceError::Internal(
+                "the request ran but handed out no backup KEK shares".into(),
+            )),
+        }
     }
 
     async fn execute_inputs(
@@ -833,7 +933,7 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
         inputs: Inputs,
-        out: &mut Option<super::GeneratedComponents>,
+        out: &mut Option<HandedOut>,
     ) -> Result<Executed, ServiceError> {
         let actor = &who.actor();
         let mut act = Act::change(actor, "request.execute")
@@ -876,7 +976,7 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
         inputs: Inputs,
-        out: &mut Option<super::GeneratedComponents>,
+        out: &mut Option<HandedOut>,
     ) -> Result<Executed, ServiceError> {
         let actor = &who.actor();
         let Inputs {
@@ -888,11 +988,12 @@ impl KeyService {
         // KM-2: components exist only for the console that shows each to its
         // custodian; any other execution path is refused before the request
         // is used up.
-        if req.operation.hands_out_components() != hand_out {
-            return Err(ServiceError::Invalid(if hand_out {
-                "this request hands out no components".into()
-            } else {
-                "this request generates a key as custodians' components: it runs only in the key-export-components ceremony (kms-ceremony run key-export-components)".into()
+        if req.operation.hands_out() != hand_out {
+            return Err(ServiceError::Invalid(match (req.operation.hands_out(), hand_out) {
+                (HandOut::Components, _) => "this request generates a key as custodians' components: it runs only in the key-export-components ceremony (kms-ceremony run key-export-components)".into(),
+                (HandOut::BackupKekShares, _) => "this request creates the backup KEK and its custodians' shares: it runs only as `kms backup kek-execute` or in the backup-kek ceremony".into(),
+                (HandOut::Nothing, HandOut::Components) => "this request hands out no components".into(),
+                (HandOut::Nothing, _) => "this request is not the creation of a backup KEK".into(),
             }));
         }
         if req.operation.needs_initial_pin() != initial_pin.is_some() {
@@ -926,7 +1027,6 @@ impl KeyService {
         // officer for operations about people or the policy).
         let officer = req
             .operation
-            .action()
             .officer_requests()
             .then_some(CustodianRole::SecurityOfficer);
         self.standing_of(who, officer).await?;
@@ -984,7 +1084,7 @@ impl KeyService {
         why: &str,
         components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
         pin_hash: Option<crate::crypto::PinHash>,
-        out: &mut Option<super::GeneratedComponents>,
+        out: &mut Option<HandedOut>,
     ) -> Result<Executed, ServiceError> {
         match operation {
             Operation::Export {
@@ -1211,8 +1311,30 @@ impl KeyService {
                     )
                     .await?;
                 let issued = generated.issued();
-                *out = Some(generated);
+                *out = Some(HandedOut::Components(generated));
                 Ok(Executed::Components(issued))
+            }
+            Operation::BackupKek {
+                name,
+                threshold,
+                shares,
+            } => {
+                // Boxed: this future nests two audited acts and would make
+                // every execution's future (and stack) larger.
+                let made = Box::pin(self.create_backup_kek(
+                    actor,
+                    id,
+                    &KeyName::parse(&name)?,
+                    threshold,
+                    shares,
+                ))
+                .await?;
+                self.store
+                    .record_event(&made.key.id, Some(1), actor.as_str(), "trust", Some(why))
+                    .await?;
+                let key = made.key.clone();
+                *out = Some(HandedOut::BackupKek(made));
+                Ok(Executed::Key(key))
             }
         }
     }
@@ -1414,9 +1536,9 @@ pub fn check_approval_record(rec: &crate::audit::AuditRecord) -> ApprovalCheck {
 struct Inputs {
     components: Vec<(crate::crypto::Component, Option<crate::crypto::Kcv>)>,
     initial_pin: Option<Pin>,
-    /// Called by `execute_components`, the only path that may generate
-    /// components.
-    hand_out: bool,
+    /// Which execute fn called: only `execute_components` may generate
+    /// components, only `execute_backup_kek` may make the backup KEK.
+    hand_out: HandOut,
 }
 
 /// What the trail says about an operation: its kind and its key, or the
@@ -1479,6 +1601,19 @@ fn op_act(act: Act, op: &Operation) -> Act {
                 .detail("usage", usage.clone())
                 .detail("exportable", exportable.to_string())
                 .detail("component_holders", custodians.join(","));
+        }
+        // Named in details, not as the act's key: an act on a `kms` tenant
+        // key is refused (the KMS's own keys), and this KEK is made only
+        // here, by request.
+        Operation::BackupKek {
+            name,
+            threshold,
+            shares,
+        } => {
+            return act
+                .detail("kek", format!("{}/{name}", crate::audit::SYSTEM_TENANT))
+                .detail("threshold", threshold.to_string())
+                .detail("shares", shares.to_string());
         }
         _ => {}
     }

@@ -23,7 +23,8 @@ mod seal;
 mod sessions;
 
 pub use approvals::{
-    check_approval_record, ApprovalCheck, ApprovalRequest, Executed, Operation, PolicyApproved,
+    check_approval_record, ApprovalCheck, ApprovalRequest, Executed, HandOut, Operation,
+    PolicyApproved,
 };
 pub use backup::{
     renew_lost_system_keys, BackupEntry, BackupFile, BackupKek, BackupKekRef, CheckMethod,

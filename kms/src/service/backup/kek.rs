@@ -59,16 +59,19 @@ impl KeyService {
     /// which any `m` rebuild it, imported CKA_TRUSTED (wrap and unwrap
     /// only, sensitive, never extractable), the value wiped. Returns the
     /// shares for the custodians and the KEK's check value. Creating a
-    /// trusted KEK is a dual-control act: ceremonies call this after the
-    /// quorum approved it.
-    pub async fn create_backup_kek(
+    /// trusted KEK is a dual-control act (invariant 3): only the execution
+    /// of an approved `Operation::BackupKek` request calls this
+    /// (`execute_backup_kek`), so it is not public.
+    pub(crate) async fn create_backup_kek(
         &self,
         actor: &Actor,
+        request_id: &str,
         name: &KeyName,
         m: u8,
         n: u8,
     ) -> Result<BackupKek, ServiceError> {
         let act = Act::change(actor, "backup.kek-create")
+            .correlate(request_id)
             .detail("kek", format!("{SYSTEM_TENANT}/{name}"))
             .detail("threshold", m.to_string())
             .detail("shares", n.to_string());
@@ -87,7 +90,7 @@ impl KeyService {
         .await
     }
 
-    pub(crate) async fn create_backup_kek_now(
+    async fn create_backup_kek_now(
         &self,
         actor: &Actor,
         name: &KeyName,
