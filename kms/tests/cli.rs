@@ -1375,3 +1375,43 @@ fn tsm_ac2_a_failed_server_start_is_recorded_with_its_cause() {
     );
     cli.ok(&["audit", "verify"]);
 }
+
+/// TSM-AC-2: an officer's search is not narrowed by who the officer is.
+/// `--actor` (and $KMS_ACTOR) names the searcher; the filter is `--by`.
+/// Before, the global flag filled the search's own `--actor` filter, so an
+/// officer with KMS_ACTOR set silently saw only their own records.
+#[test]
+fn tsm_ac2_the_searchers_own_name_does_not_filter_the_search() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&[
+        "--actor", "alice", "key", "create", "-t", "issuer-a", "k1", "--alg", "aes-128", "--usage",
+        "data",
+    ]);
+    let all = cli
+        .ok(&[
+            "--json",
+            "--actor",
+            "olga",
+            "audit",
+            "search",
+            "--action",
+            "key.create",
+        ])
+        .stdout;
+    assert!(all.contains("\"actor\":\"alice\""), "{all}");
+    let by_alice = cli
+        .ok(&[
+            "--json", "--actor", "olga", "audit", "search", "--by", "alice",
+        ])
+        .stdout;
+    assert!(by_alice.lines().count() > 0, "{by_alice}");
+    assert!(
+        by_alice.lines().all(|l| l.contains("\"actor\":\"alice\"")),
+        "{by_alice}"
+    );
+    let by_nobody = cli
+        .ok(&["--json", "audit", "search", "--by", "nobody-at-all"])
+        .stdout;
+    assert_eq!(by_nobody.trim(), "", "{by_nobody}");
+}

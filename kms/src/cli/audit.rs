@@ -147,7 +147,7 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
         AuditCommand::Search {
             from,
             to,
-            actor,
+            by,
             key,
             action,
             outcome,
@@ -158,7 +158,7 @@ pub async fn run(cli: &Cli, cmd: &AuditCommand) -> Result<()> {
             let filter = AuditFilter {
                 from: from.clone(),
                 to: to.clone(),
-                actor: actor.clone(),
+                actor: by.clone(),
                 action: action.clone(),
                 outcome: outcome
                     .as_deref()

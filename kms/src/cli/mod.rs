@@ -158,8 +158,11 @@ pub enum AuditCommand {
         /// RFC 3339 upper bound.
         #[arg(long)]
         to: Option<String>,
-        #[arg(long)]
-        actor: Option<String>,
+        /// Records by this actor. Not `--actor`: that global flag (and
+        /// $KMS_ACTOR) names who is acting, and would silently narrow the
+        /// search to the searcher's own records.
+        #[arg(long = "by")]
+        by: Option<String>,
         /// tenant/name of a key.
         #[arg(long)]
         key: Option<String>,
