@@ -869,20 +869,11 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
     ) -> Result<super::GeneratedComponents, ServiceError> {
-        let mut out = None;
-        self.execute_inputs_into(
-            who,
-            id,
-            Inputs {
-                components: Vec::new(),
-                initial_pin: None,
-                hand_out: HandOut::Components,
-            },
-            &mut out,
-        )
-        .await?;
-        match out {
-            Some(HandedOut::Components(g)) => Ok(g),
+        match self
+            .execute_handing_out(who, id, HandOut::Components)
+            .await?
+        {
+            HandedOut::Components(g) => Ok(g),
             _ => Err(ServiceError::Internal(
                 "the request ran but handed out no components".into(),
             )),
@@ -899,6 +890,25 @@ impl KeyService {
         who: &CustodianSession,
         id: &str,
     ) -> Result<super::BackupKek, ServiceError> {
+        match self
+            .execute_handing_out(who, id, HandOut::BackupKekShares)
+            .await?
+        {
+            HandedOut::BackupKek(k) => Ok(k),
+            _ => Err(ServiceError::Internal(
+                "the request ran but handed out no backup KEK shares".into(),
+            )),
+        }
+    }
+
+    /// Run an approved request whose result goes to the caller alone
+    /// (components, shares): what it handed out.
+    async fn execute_handing_out(
+        &self,
+        who: &CustodianSession,
+        id: &str,
+        hand_out: HandOut,
+    ) -> Result<HandedOut, ServiceError> {
         let mut out = None;
         self.execute_inputs_into(
             who,
@@ -906,17 +916,12 @@ impl KeyService {
             Inputs {
                 components: Vec::new(),
                 initial_pin: None,
-                hand_out: HandOut::BackupKekShares,
+                hand_out,
             },
             &mut out,
         )
         .await?;
-        match out {
-            Some(HandedOut::BackupKek(k)) => Ok(k),
-            _ => Err(ServiceError::Internal(
-                "the request ran but handed out no backup KEK shares".into(),
-            )),
-        }
+        out.ok_or_else(|| ServiceError::Internal("the request ran but handed out nothing".into()))
     }
 
     async fn execute_inputs(

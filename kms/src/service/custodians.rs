@@ -254,13 +254,7 @@ impl KeyService {
         actor: &Actor,
         enrolment: Enrolment,
     ) -> Result<CustodianRecord, ServiceError> {
-        let terms = EnrolmentTerms::parse(
-            enrolment.name.as_str(),
-            enrolment.role.as_str(),
-            enrolment.cert_sha256.as_deref(),
-            None,
-            enrolment.idle_timeout_seconds,
-        )?;
+        let terms = enrolment_terms(&enrolment)?;
         if terms.role != CustodianRole::SecurityOfficer {
             return Err(ServiceError::Refused(
                 "the first person enrolled is a security officer (someone must be able to re-enable a locked person)".into(),
@@ -276,17 +270,7 @@ impl KeyService {
                 .into(),
             ));
         }
-        let pin_hash = self.new_pin_hash(&enrolment.initial_pin).await?;
-        let new = NewCustodian {
-            name: terms.name,
-            role: terms.role,
-            cert_sha256: terms.cert_sha256,
-            pin_hash,
-            login_window: enrolment.login_window,
-            idle_timeout_seconds: terms.idle_timeout_seconds,
-            enrolled_by: actor.as_str().to_owned(),
-            enrolment_request: None,
-        };
+        let new = self.enrolled_alone(enrolment, terms, actor).await?;
         self.store
             .bootstrap_custodian(&new, OffsetDateTime::now_utc())
             .await?
@@ -338,30 +322,35 @@ impl KeyService {
                     "the founding is closed; an enrolment is a dual-controlled request (EnrollCustodian)".into(),
                 ));
             }
-            let terms = EnrolmentTerms::parse(
-                enrolment.name.as_str(),
-                enrolment.role.as_str(),
-                enrolment.cert_sha256.as_deref(),
-                None,
-                enrolment.idle_timeout_seconds,
-            )?;
-            let pin_hash = self.new_pin_hash(&enrolment.initial_pin).await?;
-            let new = NewCustodian {
-                name: terms.name,
-                role: terms.role,
-                cert_sha256: terms.cert_sha256,
-                pin_hash,
-                login_window: enrolment.login_window,
-                idle_timeout_seconds: terms.idle_timeout_seconds,
-                enrolled_by: actor.as_str().to_owned(),
-                enrolment_request: None,
-            };
+            let terms = enrolment_terms(&enrolment)?;
+            let new = self.enrolled_alone(enrolment, terms, &actor).await?;
             self.store
                 .found_custodian(&new, OffsetDateTime::now_utc())
                 .await
                 .map_err(ServiceError::from)
         };
         self.audited(act, work, no_mentions).await
+    }
+
+    /// The row of a person enrolled without a request (the bootstrap, the
+    /// founding): the initial PIN hashed now, nothing pending.
+    async fn enrolled_alone(
+        &self,
+        enrolment: Enrolment,
+        terms: EnrolmentTerms,
+        by: &Actor,
+    ) -> Result<NewCustodian, ServiceError> {
+        let pin_hash = self.new_pin_hash(&enrolment.initial_pin).await?;
+        Ok(NewCustodian {
+            name: terms.name,
+            role: terms.role,
+            cert_sha256: terms.cert_sha256,
+            pin_hash,
+            login_window: enrolment.login_window,
+            idle_timeout_seconds: terms.idle_timeout_seconds,
+            enrolled_by: by.as_str().to_owned(),
+            enrolment_request: None,
+        })
     }
 
     /// Whether the founding is still open (people enrolled alone by a
@@ -853,4 +842,15 @@ pub(crate) fn last_officer(name: &str) -> ServiceError {
     ServiceError::Refused(format!(
         "{name} is the last security officer able to act; enrol another first, or nobody could re-enable a locked person"
     ))
+}
+
+/// An enrolment's terms, checked; the login window is already parsed.
+fn enrolment_terms(enrolment: &Enrolment) -> Result<EnrolmentTerms, ServiceError> {
+    EnrolmentTerms::parse(
+        enrolment.name.as_str(),
+        enrolment.role.as_str(),
+        enrolment.cert_sha256.as_deref(),
+        None,
+        enrolment.idle_timeout_seconds,
+    )
 }
