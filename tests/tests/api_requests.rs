@@ -50,11 +50,20 @@ async fn setup() -> Setup {
             &pki.unmapped.der,
             &pki.unmapped.pem,
         ),
+        // An operator: enrolled, but in no role the shipped quorum takes.
+        Person::with_cert(
+            "oscar",
+            CustodianRole::Operator,
+            pki.provisioner.key_pem(),
+            &pki.provisioner.der,
+            &pki.provisioner.pem,
+        ),
     ];
     let svc = kms.svc().clone();
     found_these(&svc, &people).await;
     let mut people = people.into_iter();
     let (so1, carol) = (people.next().unwrap(), people.next().unwrap());
+    // oscar's PIN and key are rebuilt by the test that needs him.
     // Never activated, so it may be destroyed at once (SP 800-57).
     svc.create(
         &actor("installer"),
@@ -206,6 +215,37 @@ async fn inv3_tsm_ac_3_a_custodian_approves_from_a_workstation_with_pin_and_sign
         .post(me, &path, s.body(&s.carol.pin, &msg, &bad_digest))
         .await;
     assert_eq!(mismatch.status, 409, "{}", mismatch.text());
+    assert!(s
+        .kms
+        .svc()
+        .approval(&s.request)
+        .await
+        .unwrap()
+        .approvers
+        .is_empty());
+
+    // An enrolled operator, with the right PIN and signature, is not in a
+    // role the quorum takes: 409, not a failed login.
+    let oscar = Person::with_cert(
+        "oscar",
+        CustodianRole::Operator,
+        s.pki.provisioner.key_pem(),
+        &s.pki.provisioner.der,
+        &s.pki.provisioner.pem,
+    );
+    let oscar_shown = s
+        .get(&s.pki.provisioner, &format!("/v1/requests/{}", s.request))
+        .await;
+    let oscar_msg = hex::decode(oscar_shown.json()["approval_message"].as_str().unwrap()).unwrap();
+    let oscar_body = serde_json::json!({
+        "digest": s.digest,
+        "pin": oscar.pin,
+        "certificate": hex::encode_upper(&oscar.cert_der),
+        "signature": hex::encode_upper(sign_approval(&oscar.key_pem, &oscar_msg).unwrap()),
+    });
+    let wrong_role = s.post(&s.pki.provisioner, &path, oscar_body).await;
+    assert_eq!(wrong_role.status, 409, "{}", wrong_role.text());
+    assert_eq!(wrong_role.json()["code"], "refused");
     assert!(s
         .kms
         .svc()

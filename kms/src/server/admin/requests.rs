@@ -236,6 +236,9 @@ fn answer_error(e: ServiceError) -> Response {
         ServiceError::Auth(AuthRefusal::NotEnrolled { .. }) => {
             (Code::UnknownCertificate, e.to_string())
         }
+        // Logged in, but not in a role this quorum takes: dual control's
+        // refusal, not a failed login.
+        ServiceError::Auth(AuthRefusal::Role { .. }) => (Code::Refused, e.to_string()),
         ServiceError::Auth(_) => (Code::Unauthenticated, e.to_string()),
         ServiceError::Refused(m) => (Code::Refused, m.clone()),
         ServiceError::Invalid(m) => (Code::InvalidRequest, m.clone()),
