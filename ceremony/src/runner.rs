@@ -930,29 +930,25 @@ Each holder receives their component next, alone at the screen: {}.",
             }
             self.active(role, slot, name).await?;
             let kcv = part.kcv.to_string();
-            let mut q = self.question(role, slot, Some(name), Field::Component);
-            q.prompt = format!(
-                "Component {} of {} for {name} (check value {kcv}, {method}): nobody else looks.",
-                slot + 1,
-                names.len()
-            );
             let text = part.component.reveal_hex();
             drop(part);
-            self.console.hand_over(&q, &text)?;
-            drop(text);
-            self.confirm(
-                role,
-                slot,
-                Some(name),
-                format!("{name}: did you write down your component and its check value {kcv}?"),
-            )
-            .await?;
             let mut d = BTreeMap::new();
             d.insert("component".to_owned(), (slot + 1).to_string());
-            d.insert("component_kcv".to_owned(), kcv);
+            d.insert("component_kcv".to_owned(), kcv.clone());
             d.insert("kcv_method".to_owned(), method.clone());
-            self.record("component-received", Some(name), StepOutcome::Done, d)
-                .await?;
+            self.hand_over_once(
+                Recipient { role, slot, name },
+                Field::Component,
+                format!(
+                    "Component {} of {} for {name} (check value {kcv}, {method}): nobody else looks.",
+                    slot + 1,
+                    names.len()
+                ),
+                text,
+                format!("{name}: did you write down your component and its check value {kcv}?"),
+                ("component-received", d),
+            )
+            .await?;
         }
         if parts.next().is_some() {
             return Err(no("more components than holders present"));
@@ -1340,28 +1336,47 @@ It goes to the partner separately from the components.",
         for (slot, (name, share)) in names.iter().zip(shares).enumerate() {
             self.active(role, slot, name).await?;
             let check = share.check_value().to_string();
-            let mut q = self.question(role, slot, Some(name), Field::Share);
-            q.prompt = format!(
+            let prompt = format!(
                 "Share {} for {name} (check value {check}): keep it apart from every other share.",
                 share.index()
             );
             let text = share.to_text();
             drop(share);
-            self.console.hand_over(&q, &text)?;
-            drop(text);
-            self.confirm(
-                role,
-                slot,
-                Some(name),
+            let mut d = BTreeMap::new();
+            d.insert("share_check".to_owned(), check.clone());
+            self.hand_over_once(
+                Recipient { role, slot, name },
+                Field::Share,
+                prompt,
+                text,
                 format!("{name}: did you write down share check value {check}?"),
+                ("share-received", d),
             )
             .await?;
-            let mut d = BTreeMap::new();
-            d.insert("share_check".to_owned(), check);
-            self.record("share-received", Some(name), StepOutcome::Done, d)
-                .await?;
         }
         Ok(())
+    }
+
+    /// Show one secret (a share, a generated component) to its one
+    /// recipient, once, then have them confirm its check value and record
+    /// the step (check values only). The text is wiped as soon as shown.
+    async fn hand_over_once(
+        &mut self,
+        to: Recipient<'_>,
+        field: Field,
+        prompt: String,
+        text: Zeroizing<String>,
+        confirm: String,
+        (step, details): (&str, BTreeMap<String, String>),
+    ) -> Result<(), Abort> {
+        let mut q = self.question(to.role, to.slot, Some(to.name), field);
+        q.prompt = prompt;
+        self.console.hand_over(&q, &text)?;
+        drop(text);
+        self.confirm(to.role, to.slot, Some(to.name), confirm)
+            .await?;
+        self.record(step, Some(to.name), StepOutcome::Done, details)
+            .await
     }
 
     async fn backup(&mut self, role: &str) -> Result<(), Abort> {
@@ -1578,4 +1593,11 @@ fn same_method(
         .iter()
         .copied()
         .find(|m| compute(*m).is_some_and(|k| k == *value))
+}
+
+/// Who receives a secret in a hand-over: a person in their script role.
+struct Recipient<'a> {
+    role: &'a str,
+    slot: usize,
+    name: &'a str,
 }
