@@ -5,7 +5,7 @@
 
 use kms::model::CustodianRole;
 use kms_e2e::people::Person;
-use kms_e2e::token::{module_path, TestToken, LABEL};
+use kms_e2e::token::{module_path, TestToken};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,20 +29,7 @@ struct Out {
 impl Cli {
     fn new() -> Cli {
         let token = TestToken::new();
-        let dir = token.dir.path().to_owned();
-        std::fs::write(dir.join("user.pin"), &token.user_pin).unwrap();
-        std::fs::write(dir.join("so.pin"), &token.so_pin).unwrap();
-        let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let config = dir.join("kms.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hsm]\nmodule = \"{}\"\ntoken_label = \"{LABEL}\"\nuser_pin = \"file:user.pin\"\nso_pin = \"file:so.pin\"\nsofthsm2_conf = \"softhsm2.conf\"\n[database]\nurl = \"sqlite://kms.db?mode=rwc\"\n[policy]\ndir = \"{}\"\n",
-                module_path(),
-                policies.display()
-            ),
-        )
-        .unwrap();
+        let config = token.write_cli_config("sqlite://kms.db?mode=rwc");
         Cli {
             token,
             config,

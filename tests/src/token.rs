@@ -103,6 +103,31 @@ impl TestToken {
     pub fn open(&self) -> Hsm {
         Hsm::open(&self.config(Role::User)).expect("open token")
     }
+
+    /// A `kms.toml` for the `kms` and `kms-ceremony` binaries on this token:
+    /// the PINs in 0600-style files beside it (`file:` sources, as
+    /// `scripts/run.sh` writes them), `database_url`, and the shipped
+    /// policies. Returns the config's path.
+    pub fn write_cli_config(&self, database_url: &str) -> PathBuf {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("user.pin"), &self.user_pin).expect("user pin");
+        std::fs::write(dir.join("so.pin"), &self.so_pin).expect("so pin");
+        let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let config = dir.join("kms.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hsm]\nmodule = {:?}\ntoken_label = {:?}\nuser_pin = \"file:user.pin\"\nso_pin = \"file:so.pin\"\nsofthsm2_conf = {:?}\n[database]\nurl = {:?}\n[policy]\ndir = {:?}\n",
+                module_path(),
+                LABEL,
+                self.conf().display().to_string(),
+                database_url,
+                policies.display().to_string(),
+            ),
+        )
+        .expect("config");
+        config
+    }
 }
 
 fn rand_u32() -> u32 {

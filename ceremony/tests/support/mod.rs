@@ -55,21 +55,7 @@ impl Site {
             std::fs::write(files.join(format!("{}.key.pem", p.name)), &p.key_pem).expect("key");
             std::fs::write(files.join(format!("{}.crt.pem", p.name)), &p.cert_pem).expect("cert");
         }
-        std::fs::write(dir.join("user.pin"), &kms.token.user_pin).expect("user pin");
-        std::fs::write(dir.join("so.pin"), &kms.token.so_pin).expect("so pin");
-        let config = dir.join("kms.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hsm]\nmodule = {:?}\ntoken_label = {:?}\nuser_pin = \"file:user.pin\"\nso_pin = \"file:so.pin\"\nsofthsm2_conf = {:?}\n[database]\nurl = {:?}\n[policy]\ndir = {:?}\n",
-                kms_e2e::token::module_path(),
-                kms_e2e::token::LABEL,
-                kms.token.conf().display().to_string(),
-                kms.db_url,
-                POLICIES,
-            ),
-        )
-        .expect("config");
+        let config = kms.token.write_cli_config(&kms.db_url);
         Site {
             kms,
             people,
